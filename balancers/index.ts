@@ -1,0 +1,22 @@
+import type { Balancer } from './balancer.js'
+import { RoundRobinBalancer } from './round-robin.js'
+import { FairBalancer } from './fair.js'
+import { IpHashBalancer } from './ip-hash.js'
+import { HashBalancer, type HashKey } from './hash.js'
+
+export const BALANCER_NAMES = ['round-robin', 'fair', 'ip-hash', 'hash'] as const
+export type BalancerName = typeof BALANCER_NAMES[number]
+
+/** A fresh balancer of a built-in kind: each upstream gets its own, since balancers keep state. */
+export function createBalancer (name: BalancerName, hashKey?: HashKey): Balancer {
+  switch (name) {
+    case 'round-robin': return new RoundRobinBalancer()
+    case 'fair': return new FairBalancer()
+    case 'ip-hash': return new IpHashBalancer()
+    case 'hash': return new HashBalancer(hashKey)
+  }
+}
+
+export function isBalancer (value: unknown): value is Balancer {
+  return typeof value === 'object' && value !== null && typeof (value as Balancer).pick === 'function'
+}

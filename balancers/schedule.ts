@@ -1,0 +1,66 @@
+import type { Peer } from '../plugins/peer.js'
+import { PeerHeap } from './peer-heap.js'
+import { usable } from './balancer.js'
+
+function gcd (a: number, b: number): number {
+  while (b !== 0) [a, b] = [b, a % b]
+  return a
+}
+
+/**
+ * One weighted cycle over `peers`, each appearing weight/g times (g the
+ * weights' gcd), with every peer's turns spread evenly across the cycle
+ * (stride scheduling: a peer's k-th turn falls at (k + 1/2) / weight), so
+ * that weights 5:1:1 give a a b a c a a rather than a a a a a b c — the
+ * property nginx's smooth weighted round-robin is known for. Built with a heap,
+ * O(cycle × log n), so large upstreams stay cheap to rebuild.
+ */
+export function weightedCycle (peers: readonly Peer[]): Peer[] {
+  if (peers.length === 0) return []
+  let g = 0
+  let bound = 0
+  for (const peer of peers) {
+    g = gcd(peer.weight, g)
+    bound = Math.max(bound, peer.index + 1)
+  }
+  const turns = new Float64Array(bound)
+  const taken = new Float64Array(bound)
+  let length = 0
+  for (const peer of peers) {
+    turns[peer.index] = 0.5 / (peer.weight / g)
+    length += peer.weight / g
+  }
+  const heap = new PeerHeap((a, b) =>
+    turns[a.index] < turns[b.index] || (turns[a.index] === turns[b.index] && a.index < b.index))
+  heap.reset(peers, bound)
+  const cycle = new Array<Peer>(length)
+  for (let i = 0; i < length; i++) {
+    const peer = heap.items[0]
+    cycle[i] = peer
+    const share = peer.weight / g
+    turns[peer.index] = (++taken[peer.index] + 0.5) / share
+    heap.update(peer)
+  }
+  return cycle
+}
+
+/** Walks a cycle from where it last stopped, skipping peers that are not usable. */
+export class CycleCursor {
+  #cycle: Peer[] = []
+  #at = 0
+
+  reset (cycle: Peer[]): void {
+    this.#cycle = cycle
+    this.#at = cycle.length === 0 ? 0 : this.#at % cycle.length
+  }
+
+  next (exclude: readonly Peer[] | undefined): Peer | undefined {
+    const cycle = this.#cycle
+    for (let n = 0; n < cycle.length; n++) {
+      const peer = cycle[this.#at]
+      this.#at = this.#at + 1 === cycle.length ? 0 : this.#at + 1
+      if (usable(peer, exclude)) return peer
+    }
+    return undefined
+  }
+}

@@ -1,0 +1,71 @@
+// Option checks shared by every plugin: each failure names where (upstream,
+// server index) and which option was wrong, and what was given.
+
+export function optionError (where: string, message: string): Error {
+  return new Error(`fastify-supervisord: ${where}: ${message}`)
+}
+
+function show (value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value)
+  if (typeof value === 'function') return 'a function'
+  if (value instanceof RegExp) return String(value)
+  try { return JSON.stringify(value) ?? String(value) } catch { return String(value) }
+}
+
+export interface NumberRange { min?: number, max?: number, integer?: boolean }
+
+export function numberOption (value: unknown, fallback: number, where: string, name: string, range: NumberRange = {}): number {
+  if (value === undefined) return fallback
+  const { min = 0, max = Number.MAX_SAFE_INTEGER, integer = false } = range
+  if (typeof value !== 'number' || Number.isNaN(value) || value < min || value > max || (integer && !Number.isInteger(value))) {
+    const kind = integer ? 'an integer' : 'a number'
+    throw optionError(where, `option "${name}" must be ${kind} from ${min} to ${max}, got ${show(value)}`)
+  }
+  return value
+}
+
+export function booleanOption (value: unknown, fallback: boolean, where: string, name: string): boolean {
+  if (value === undefined) return fallback
+  if (typeof value !== 'boolean') throw optionError(where, `option "${name}" must be true or false, got ${show(value)}`)
+  return value
+}
+
+export function stringOption (value: unknown, fallback: string, where: string, name: string): string {
+  if (value === undefined) return fallback
+  if (typeof value !== 'string' || value === '') throw optionError(where, `option "${name}" must be a non-empty string, got ${show(value)}`)
+  return value
+}
+
+export function oneOfOption<T extends string> (value: unknown, fallback: T, allowed: readonly T[], where: string, name: string): T {
+  if (value === undefined) return fallback
+  if (!allowed.includes(value as T)) {
+    throw optionError(where, `option "${name}" must be one of ${allowed.map(a => `"${a}"`).join(', ')}, got ${show(value)}`)
+  }
+  return value as T
+}
+
+export function objectOption (value: unknown, where: string, name: string, known: readonly string[]): Record<string, unknown> {
+  if (value === undefined) return {}
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw optionError(where, `option "${name}" must be an object, got ${show(value)}`)
+  }
+  for (const key of Object.keys(value)) {
+    if (!known.includes(key)) {
+      throw optionError(where, `unknown option "${name}.${key}" (known: ${known.join(', ')})`)
+    }
+  }
+  return value as Record<string, unknown>
+}
+
+export { show as showValue }
+
+const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/
+
+/** `host:port` or `[v6]:port` into its parts; undefined when it is neither or the port is out of range. */
+export function splitHostPort (text: string): { host: string, port: number } | undefined {
+  const match = HOST_PORT.exec(text)
+  if (match === null) return undefined
+  const port = Number(match[2])
+  if (port < 1 || port > 65535) return undefined
+  return { host: match[1].startsWith('[') ? match[1].slice(1, -1) : match[1], port }
+}

@@ -1,0 +1,203 @@
+export type ProcessState = 'down' | 'starting' | 'up' | 'stopping'
+export type AdminState = 'ready' | 'drain' | 'maint'
+export type HealthState = 'unknown' | 'healthy' | 'unhealthy'
+export type PassiveState = 'ok' | 'failed'
+
+export const ADMIN_STATES: readonly AdminState[] = ['ready', 'drain', 'maint']
+
+/** One active check's outcome, in the words the nginx check modules used. */
+export interface CheckResult {
+  ok: boolean
+  /** OK, timed out, connection refused, bad status N, bad body, body too large, closed early, ... */
+  reason: string
+  latencyMs: number
+  /** Epoch milliseconds when the check ended. */
+  at: number
+}
+
+export interface PeerChange {
+  upstream: string
+  index: number
+  field: 'process' | 'admin' | 'health' | 'passive' | 'weight'
+  from: string | number
+  to: string | number
+  reason?: string
+  at: number
+}
+
+/** What a peer needs from its upstream: one way to report a change, one to report in-flight moves. */
+export interface PeerOwner {
+  readonly name: string
+  peerChanged (change: PeerChange): void
+  inflightChanged (peer: Peer): void
+}
+
+export interface PeerConfig {
+  index: number
+  host: string
+  port: number
+  weight: number
+  backup: boolean
+  down: boolean
+  maxFails: number
+  failTimeout: number
+}
+
+/**
+ * A server of an upstream. Its dimensions are written only through the set*
+ * methods so that every change is announced; `routable` is derived from them.
+ */
+export class Peer {
+  readonly index: number
+  readonly host: string
+  readonly port: number
+  /** `host:port`, as written in logs and on the status page. */
+  readonly address: string
+  /** `http://host:port`, what the proxy sends to. */
+  readonly origin: string
+  readonly backup: boolean
+  readonly configuredDown: boolean
+  readonly maxFails: number
+  readonly failTimeout: number
+
+  #owner: PeerOwner
+  #weight: number
+  #process: ProcessState
+  #admin: AdminState = 'ready'
+  #health: HealthState = 'unknown'
+  #passive: PassiveState = 'ok'
+  #failWindowStart = 0
+  #failWindowCount = 0
+  #passiveTimer: NodeJS.Timeout | undefined
+
+  inflight = 0
+  requests = 0
+  /** Passive failures counted since start. */
+  fails = 0
+  lastChange = Date.now()
+  /** Set by the supervisord bridge when it knows the process id. */
+  pid: number | null = null
+  /** Consecutive passing (rise) and failing (fall) active checks. */
+  rise = 0
+  fall = 0
+  lastCheck: CheckResult | null = null
+  /** Most recent active checks, oldest first, bounded by the health checker. */
+  readonly checks: CheckResult[] = []
+
+  constructor (owner: PeerOwner, config: PeerConfig) {
+    this.#owner = owner
+    this.index = config.index
+    this.host = config.host
+    this.port = config.port
+    const hostPart = config.host.includes(':') ? `[${config.host}]` : config.host
+    this.address = `${hostPart}:${config.port}`
+    this.origin = `http://${this.address}`
+    this.#weight = config.weight
+    this.backup = config.backup
+    this.configuredDown = config.down
+    this.maxFails = config.maxFails
+    this.failTimeout = config.failTimeout
+    this.#process = config.down ? 'down' : 'up'
+  }
+
+  get upstream (): string { return this.#owner.name }
+  get weight (): number { return this.#weight }
+  get process (): ProcessState { return this.#process }
+  get admin (): AdminState { return this.#admin }
+  get health (): HealthState { return this.#health }
+  get passive (): PassiveState { return this.#passive }
+
+  /**
+   * A peer takes new requests when every dimension allows it. A starting
+   * process counts once an active check has passed: readiness may come
+   * before supervisord's startsecs.
+   */
+  get routable (): boolean {
+    return (this.#process === 'up' || (this.#process === 'starting' && this.#health === 'healthy')) &&
+      this.#admin === 'ready' &&
+      this.#health !== 'unhealthy' &&
+      this.#passive === 'ok'
+  }
+
+  setProcess (state: ProcessState, reason?: string): void {
+    const from = this.#process
+    if (from === state) return
+    this.#process = state
+    this.#changed('process', from, state, reason)
+  }
+
+  setAdmin (state: AdminState, reason?: string): void {
+    const from = this.#admin
+    if (from === state) return
+    this.#admin = state
+    this.#changed('admin', from, state, reason)
+  }
+
+  setHealth (state: HealthState, reason?: string): void {
+    const from = this.#health
+    if (from === state) return
+    this.#health = state
+    this.#changed('health', from, state, reason)
+  }
+
+  setWeight (weight: number): void {
+    const from = this.#weight
+    if (from === weight) return
+    this.#weight = weight
+    this.#changed('weight', from, weight)
+  }
+
+  /** A request was sent to this peer. */
+  acquire (): void {
+    this.inflight++
+    this.requests++
+    this.#owner.inflightChanged(this)
+  }
+
+  /** A request sent to this peer ended (response done, error or client gone). */
+  release (): void {
+    this.inflight--
+    this.#owner.inflightChanged(this)
+  }
+
+  /**
+   * Passive (in-band) accounting, as nginx's max_fails/fail_timeout: failures
+   * are counted in a window of failTimeout that opens at the first one;
+   * maxFails of them take the peer out for failTimeout. maxFails 0 disables it.
+   */
+  recordFailure (reason: string, now = Date.now()): void {
+    this.fails++
+    if (this.maxFails === 0 || this.#passive === 'failed') return
+    if (now - this.#failWindowStart > this.failTimeout) {
+      this.#failWindowStart = now
+      this.#failWindowCount = 0
+    }
+    if (++this.#failWindowCount < this.maxFails) return
+    this.#failWindowCount = 0
+    this.#passive = 'failed'
+    this.#changed('passive', 'ok', 'failed', reason)
+    this.#passiveTimer = setTimeout(() => this.clearPassive('failTimeout passed'), this.failTimeout)
+    this.#passiveTimer.unref()
+  }
+
+  /** Drops the pending passive-recovery timer without announcing anything (registry closing). */
+  dispose (): void {
+    clearTimeout(this.#passiveTimer)
+    this.#passiveTimer = undefined
+  }
+
+  /** Ends a passive failure (its failTimeout passed, or an operator cleared it). */
+  clearPassive (reason: string): void {
+    clearTimeout(this.#passiveTimer)
+    this.#passiveTimer = undefined
+    if (this.#passive === 'ok') return
+    this.#passive = 'ok'
+    this.#changed('passive', 'failed', 'ok', reason)
+  }
+
+  #changed (field: PeerChange['field'], from: string | number, to: string | number, reason?: string): void {
+    const at = Date.now()
+    this.lastChange = at
+    this.#owner.peerChanged({ upstream: this.#owner.name, index: this.index, field, from, to, reason, at })
+  }
+}

@@ -1,0 +1,66 @@
+import { optionError, showValue, splitHostPort } from './options.js'
+
+/** Where an upstream's supervisord listens: `host:port`, `unix:/path/to.sock` or `none`. */
+export interface SupervisordOptions {
+  address: string
+  /** HTTP Basic credentials, as `[inet_http_server]`/`[unix_http_server]` username and password. */
+  username?: string
+  password?: string
+}
+
+export type SupervisordTarget =
+  | { kind: 'none' }
+  | { kind: 'tcp', host: string, port: number, username?: string, password?: string }
+  | { kind: 'unix', path: string, username?: string, password?: string }
+
+/**
+ * Parses an upstream's `supervisord` option: `'none'`, `'host:port'`,
+ * `'unix:/path/to.sock'`, optionally with credentials as nginx wrote them
+ * (`'127.0.0.1:9001 admin:super'`), or `{ address, username, password }`.
+ */
+export function parseSupervisord (option: string | SupervisordOptions, where: string): SupervisordTarget {
+  let address: string
+  let username: string | undefined
+  let password: string | undefined
+  if (typeof option === 'string') {
+    const [addr, credentials, ...rest] = option.trim().split(/\s+/)
+    if (rest.length > 0) throw optionError(where, `option "supervisord" must be "address [user:pass]", got ${showValue(option)}`)
+    address = addr
+    if (credentials !== undefined) {
+      const colon = credentials.indexOf(':')
+      if (colon <= 0) throw optionError(where, 'option "supervisord" credentials must be user:pass')
+      username = credentials.slice(0, colon)
+      password = credentials.slice(colon + 1)
+    }
+  } else if (typeof option === 'object' && option !== null && typeof option.address === 'string') {
+    ({ address, username, password } = option)
+    if ((username === undefined) !== (password === undefined) || (username !== undefined && (typeof username !== 'string' || typeof password !== 'string'))) {
+      throw optionError(where, 'option "supervisord" needs both "username" and "password" strings, or neither')
+    }
+  } else {
+    throw optionError(where, `option "supervisord" must be "none", "host:port", "unix:/path" or { address, username, password }, got ${showValue(option)}`)
+  }
+  if (address === 'none') {
+    if (username !== undefined) throw optionError(where, 'option "supervisord" is "none": credentials make no sense there')
+    return { kind: 'none' }
+  }
+  if (address.startsWith('unix:')) {
+    const path = address.slice(5)
+    if (!path.startsWith('/')) throw optionError(where, `option "supervisord" unix socket path must be absolute, got ${showValue(address)}`)
+    return { kind: 'unix', path, username, password }
+  }
+  const parts = splitHostPort(address)
+  if (parts === undefined) {
+    throw optionError(where, `option "supervisord" must be "none", "host:port" or "unix:/path", got ${showValue(address)}`)
+  }
+  return { kind: 'tcp', ...parts, username, password }
+}
+
+/** How a target is shown to people (logs, status page): never with credentials. */
+export function supervisordLabel (target: SupervisordTarget): string {
+  switch (target.kind) {
+    case 'none': return 'none'
+    case 'unix': return `unix:${target.path}`
+    case 'tcp': return target.host.includes(':') ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`
+  }
+}
