@@ -43,10 +43,24 @@ export interface RegistryOptions {
 /** A request found no routable peer and could be held while one is started. */
 export interface DemandEvent { upstream: string, at: number }
 
+/** A supervisord command ended (in `none` mode too). */
+export interface CommandEvent {
+  upstream: string
+  index: number
+  command: 'start' | 'stop'
+  ok: boolean
+  /** supervisord's fault name (SPAWN_ERROR, BAD_NAME, ...) or a transport failure (TIMEOUT, UNAUTHORIZED, UNREACHABLE). */
+  fault?: string
+  /** Human-readable reason, for logs and answers. */
+  reason?: string
+  at: number
+}
+
 /** Events of the registry: the "monitor" API, with any number of listeners. */
 export interface RegistryEvents {
   change: [PeerChange]
   demand: [DemandEvent]
+  command: [CommandEvent]
 }
 
 const SERVER_KEYS = ['address', 'weight', 'backup', 'down', 'maxFails', 'failTimeout']
@@ -60,6 +74,12 @@ export class Upstream implements PeerOwner, BalancedUpstream {
   /** The upstream's whole configuration, for the plugins that own its other sections. */
   readonly options: Readonly<UpstreamOptions>
   version = 0
+  /**
+   * Set by a plugin that can start peers on demand (the supervisord bridge,
+   * not in `none` mode): the proxy then holds requests while no peer is
+   * routable, and emits `demand`, instead of answering 503 at once.
+   */
+  startsOnDemand = false
   readonly #registry: Registry
   #tiers: RoutableTiers = { primary: [], backup: [] }
   #tiersVersion = -1

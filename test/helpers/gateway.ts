@@ -1,0 +1,35 @@
+import Fastify, { type FastifyInstance } from 'fastify'
+import registry, { type RegistryOptions } from '../../plugins/registry.js'
+import proxy, { type ProxyOptions } from '../../plugins/proxy.js'
+
+/** A gateway with the registry and one proxy, not yet listening. */
+export async function gateway (upstreams: RegistryOptions['upstreams'], proxyOptions: Partial<ProxyOptions> = {}): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false, trustProxy: true })
+  await app.register(registry, { upstreams })
+  const first = Array.isArray(upstreams) ? upstreams[0].name : Object.keys(upstreams)[0]
+  await app.register(proxy, { upstream: first, ...proxyOptions })
+  return app
+}
+
+/** GETs `path` n times in sequence and returns which backend answered each. */
+export async function backendsOf (app: FastifyInstance, n: number, path = '/', headers: Record<string, string> = {}): Promise<number[]> {
+  const seen: number[] = []
+  for (let i = 0; i < n; i++) {
+    const res = await app.inject({ method: 'GET', url: path, headers })
+    seen.push(res.statusCode === 200 ? Number(res.headers['x-backend']) : -res.statusCode)
+  }
+  return seen
+}
+
+export function countOf (values: number[]): Map<number, number> {
+  const counts = new Map<number, number>()
+  for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1)
+  return counts
+}
+
+/** Starts the gateway on 127.0.0.1 and returns its base URL. */
+export async function listening (app: FastifyInstance): Promise<string> {
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as { port: number }
+  return `http://127.0.0.1:${port}`
+}

@@ -1,0 +1,191 @@
+import t from 'tap'
+import { request } from 'undici'
+import { startBackends, startBackend, closedPort, whoAmI, type Backend } from './helpers/backends.js'
+import { gateway, backendsOf, countOf, listening } from './helpers/gateway.js'
+
+async function closeAll (backends: Backend[]): Promise<void> {
+  await Promise.all(backends.map(async b => await b.close()))
+}
+
+t.test('round-robin over real backends follows weights 3:1 within 2% and smoothly', async t => {
+  const backends = await startBackends(2)
+  t.teardown(() => closeAll(backends))
+  const app = await gateway({ backend: { servers: [{ address: backends[0].address, weight: 3 }, backends[1].address] } })
+  t.teardown(() => app.close())
+  const seen = await backendsOf(app, 400)
+  const counts = countOf(seen)
+  t.equal(counts.get(0), 300, '3/4 of 400 to the weight-3 peer')
+  t.equal(counts.get(1), 100)
+  let run = 0
+  let longest = 0
+  for (let i = 0; i < seen.length; i++) {
+    run = i > 0 && seen[i] === seen[i - 1] ? run + 1 : 1
+    longest = Math.max(longest, run)
+  }
+  t.ok(longest <= 3, `no run longer than the weight (longest ${longest})`)
+})
+
+t.test('the peer header names the peer that answered, off by default', async t => {
+  const backends = await startBackends(1)
+  t.teardown(() => closeAll(backends))
+  const on = await gateway({ b: { servers: [backends[0].address] } }, { peerHeader: true })
+  t.teardown(() => on.close())
+  t.equal((await on.inject('/')).headers['x-upstream-peer'], backends[0].address)
+  const off = await gateway({ b: { servers: [backends[0].address] } })
+  t.teardown(() => off.close())
+  t.equal((await off.inject('/')).headers['x-upstream-peer'], undefined)
+})
+
+t.test('prefix and rewritePrefix reach the backend with the query string', async t => {
+  const seenUrls: string[] = []
+  const backend = await startBackend(0, (req, res) => { seenUrls.push(req.url ?? ''); res.end('ok') })
+  t.teardown(() => backend.close())
+  const app = await gateway({ b: { servers: [backend.address] } }, { prefix: '/api', rewritePrefix: '/v1' })
+  t.teardown(() => app.close())
+  const res = await app.inject('/api/items?x=1&y=2')
+  t.equal(res.statusCode, 200)
+  t.same(seenUrls, ['/v1/items?x=1&y=2'])
+})
+
+t.test('a closed backend: GETs still answer 200, a POST gets 502 and marks it failed, it returns after failTimeout', async t => {
+  const backends = await startBackends(2)
+  t.teardown(() => closeAll(backends))
+  const app = await gateway({ backend: { servers: backends.map(b => ({ address: b.address, failTimeout: 300 })) } })
+  t.teardown(() => app.close())
+  const peer0 = app.upstreams.get('backend').peers[0]
+  await backends[0].close()
+
+  const statuses = []
+  for (let i = 0; i < 10; i++) statuses.push((await app.inject('/')).statusCode)
+  t.same(statuses, Array(10).fill(200), 'every GET is retried on the live peer')
+  t.equal(peer0.passive, 'failed', 'the closed peer is out of rotation')
+  t.ok(peer0.fails >= 1)
+
+  peer0.clearPassive('test')
+  // round-robin will now try peer 0 for one of two requests: a POST is not
+  // retried. (Over real HTTP: inject surfaces the aborted body stream instead.)
+  const base = await listening(app)
+  const posts = []
+  for (let i = 0; i < 2; i++) {
+    const res = await request(base, { method: 'POST', body: '{"a":1}', headers: { 'content-type': 'application/json' } })
+    posts.push({ statusCode: res.statusCode, body: await res.body.json() as { code: string, message: string } })
+  }
+  const failed = posts.find(res => res.statusCode !== 200)
+  t.ok(failed, 'one POST went to the closed peer')
+  t.equal(failed?.statusCode, 502)
+  t.equal(failed?.body.code, 'FST_SUPERVISORD_PEER_CONNECT')
+  t.match(failed?.body.message, /ECONNREFUSED/)
+  t.equal(peer0.passive, 'failed')
+
+  // bring the backend back on the same port and wait out failTimeout
+  backends[0] = await startBackend(0, whoAmI, backends[0].port)
+  await new Promise(resolve => setTimeout(resolve, 350))
+  t.equal(peer0.passive, 'ok', 'failTimeout passed: tried again')
+  const seen = countOf(await backendsOf(app, 10))
+  t.equal(seen.get(0), 5, 'peer 0 serves again')
+})
+
+t.test('maxFails counts failures within failTimeout before taking a peer out', async t => {
+  const port = await closedPort()
+  const live = await startBackend(1)
+  t.teardown(() => live.close())
+  const app = await gateway({ b: { servers: [{ address: `127.0.0.1:${port}`, maxFails: 3, failTimeout: 10_000 }, live.address] } }, { nextUpstreamTries: 1 })
+  t.teardown(() => app.close())
+  const peer = app.upstreams.get('b').peers[0]
+  const codes = (await backendsOf(app, 6))
+  t.same(codes.filter(c => c < 0), [-502, -502, -502], 'three failures reach the client (no retry allowed)')
+  t.equal(peer.passive, 'failed', 'out after the third')
+  t.same(await backendsOf(app, 4), [1, 1, 1, 1])
+})
+
+t.test('a backend that times out: GET retried elsewhere, POST gets 504', async t => {
+  const slow = await startBackend(0, () => { /* never answers */ })
+  const fast = await startBackend(1)
+  t.teardown(() => Promise.all([slow.close(), fast.close()]))
+  const app = await gateway({ b: { servers: [slow.address, fast.address] } }, { headersTimeout: 150 })
+  t.teardown(() => app.close())
+  const get = await app.inject('/')
+  t.equal(get.statusCode, 200)
+  t.equal(get.headers['x-backend'], '1')
+  app.upstreams.get('b').peers[0].clearPassive('test')
+  const codes = []
+  for (let i = 0; i < 2; i++) codes.push((await app.inject({ method: 'POST', url: '/', payload: 'x' })).statusCode)
+  t.ok(codes.includes(504), `a POST to the hanging peer gets 504 (got ${codes.join(',')})`)
+})
+
+t.test('a reset connection on GET is retried; failStatuses count 5xx as passive failures', async t => {
+  const resetter = await startBackend(0, (req) => { req.socket.destroy() })
+  const erring = await startBackend(1, (_req, res) => { res.statusCode = 503; res.end('busy') })
+  const good = await startBackend(2)
+  t.teardown(() => Promise.all([resetter.close(), erring.close(), good.close()]))
+  const app = await gateway({ b: { servers: [resetter.address, erring.address, good.address] } }, { failStatuses: [503] })
+  t.teardown(() => app.close())
+  const peers = app.upstreams.get('b').peers
+  const first = await app.inject('/')
+  t.equal(first.statusCode, 200, 'reset peer skipped for the next one')
+  t.equal(peers[0].passive, 'failed')
+  const second = await app.inject('/')
+  t.equal(second.statusCode, 503, 'a 5xx is passed through, not retried')
+  t.equal(erring.hits, 1, 'reply-from did not retry the 503 on the same peer')
+  t.equal(peers[1].passive, 'failed', 'but counted as a failure')
+  t.same(await backendsOf(app, 3), [2, 2, 2])
+})
+
+t.test('no routable peer: 503 with Retry-After', async t => {
+  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { retryAfter: 7 })
+  t.teardown(() => app.close())
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 503)
+  t.equal(res.headers['retry-after'], '7')
+  t.equal(res.json().code, 'FST_SUPERVISORD_NO_PEER')
+})
+
+t.test('backup peers serve only while every primary is down', async t => {
+  const backends = await startBackends(3)
+  t.teardown(() => closeAll(backends))
+  const app = await gateway({ b: { servers: [backends[0].address, backends[1].address, { address: backends[2].address, backup: true }] } })
+  t.teardown(() => app.close())
+  const peers = app.upstreams.get('b').peers
+  t.notOk((await backendsOf(app, 10)).includes(2), 'backup idle while primaries are up')
+  peers[0].setAdmin('maint')
+  t.notOk((await backendsOf(app, 10)).includes(2), 'one primary left is enough')
+  peers[1].setProcess('down')
+  t.same(await backendsOf(app, 5), [2, 2, 2, 2, 2], 'backup takes over')
+  peers[1].setProcess('up')
+  t.same(await backendsOf(app, 4), [1, 1, 1, 1], 'and steps back')
+})
+
+t.test('in-flight counts follow responses, errors and client aborts', async t => {
+  let hold: (() => void) | undefined
+  const slow = await startBackend(0, (_req, res) => { hold = () => res.end('late') })
+  t.teardown(() => slow.close())
+  const app = await gateway({ b: { servers: [slow.address] } })
+  const base = await listening(app)
+  t.teardown(() => app.close())
+  const peer = app.upstreams.get('b').peers[0]
+
+  const pending = request(base)
+  for (let i = 0; i < 100 && peer.inflight === 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.equal(peer.inflight, 1, 'counted while the backend works')
+  hold?.()
+  await (await pending).body.text()
+  t.equal(peer.inflight, 0, 'released when the response ends')
+
+  const controller = new AbortController()
+  const aborted = request(base, { signal: controller.signal }).catch(() => 'aborted')
+  for (let i = 0; i < 100 && peer.inflight === 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.equal(peer.inflight, 1)
+  controller.abort()
+  t.equal(await aborted, 'aborted')
+  for (let i = 0; i < 100 && peer.inflight !== 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.equal(peer.inflight, 0, 'released when the client goes away')
+  hold?.()
+})
+
+t.test('bad proxy options fail at registration naming the option', async t => {
+  await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { headersTimeout: -1 }), /proxy to upstream "b": option "headersTimeout" must be/)
+  await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { failStatuses: [404] }), /option "failStatuses" must be a list of 5xx/)
+  await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { upstream: 'nope' }), /unknown upstream "nope" \(known: "b"\)/)
+  await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { prefix: 'api' }), /option "prefix" must start with "\/"/)
+  await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { retries: 3 } as never), /unknown option "retries"/)
+})
