@@ -9,11 +9,12 @@ function gcd (a: number, b: number): number {
 
 /**
  * One weighted cycle over `peers`, each appearing weight/g times (g the
- * weights' gcd), with every peer's turns spread evenly across the cycle
- * (stride scheduling: a peer's k-th turn falls at (k + 1/2) / weight), so
- * that weights 5:1:1 give a a b a c a a rather than a a a a a b c — the
- * property nginx's smooth weighted round-robin is known for. Built with a heap,
- * O(cycle × log n), so large upstreams stay cheap to rebuild.
+ * weights' gcd), with every peer's turns spread evenly across the cycle, the
+ * property nginx's smooth weighted round-robin is known for: weights 5:1:1
+ * give a b a a a c a, never a a a a a b c. Stride scheduling: a peer's k-th
+ * turn falls at (k + phase) / share, where peers of equal share get phases
+ * spread over (0, 1) so they do not all fall due together. Built with a heap
+ * in O(cycle × log n), so large upstreams stay cheap to rebuild.
  */
 export function weightedCycle (peers: readonly Peer[]): Peer[] {
   if (peers.length === 0) return []
@@ -25,10 +26,20 @@ export function weightedCycle (peers: readonly Peer[]): Peer[] {
   }
   const turns = new Float64Array(bound)
   const taken = new Float64Array(bound)
-  let length = 0
+  const phase = new Float64Array(bound)
+  const sameShare = new Map<number, Peer[]>()
   for (const peer of peers) {
-    turns[peer.index] = 0.5 / (peer.weight / g)
-    length += peer.weight / g
+    const group = sameShare.get(peer.weight)
+    if (group === undefined) sameShare.set(peer.weight, [peer])
+    else group.push(peer)
+  }
+  let length = 0
+  for (const group of sameShare.values()) {
+    group.forEach((peer, rank) => {
+      phase[peer.index] = (rank + 0.5) / group.length
+      turns[peer.index] = phase[peer.index] / (peer.weight / g)
+      length += peer.weight / g
+    })
   }
   const heap = new PeerHeap((a, b) =>
     turns[a.index] < turns[b.index] || (turns[a.index] === turns[b.index] && a.index < b.index))
@@ -38,7 +49,7 @@ export function weightedCycle (peers: readonly Peer[]): Peer[] {
     const peer = heap.items[0]
     cycle[i] = peer
     const share = peer.weight / g
-    turns[peer.index] = (++taken[peer.index] + 0.5) / share
+    turns[peer.index] = (++taken[peer.index] + phase[peer.index]) / share
     heap.update(peer)
   }
   return cycle

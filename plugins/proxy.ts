@@ -221,7 +221,7 @@ async function proxyPlugin (fastify: FastifyInstance, options: ProxyOptions): Pr
     undici: agent as never,
     disableRequestLogging: config.disableRequestLogging,
     preHandler: pickOrHold,
-    replyOptions: { getUpstream: fromOptions.getUpstream },
+    replyOptions: { getUpstream: fromOptions.getUpstream as never },
     handler: (request, reply, dest) => {
       // reply-from adds the request's query string itself.
       request.upstreamDest = dest
