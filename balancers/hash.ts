@@ -42,7 +42,7 @@ export class HashBalancer implements Balancer {
   pick (upstream: BalancedUpstream, request: FastifyRequest, exclude?: readonly Peer[]): Peer | undefined {
     const key = this.#readKey(request)
     if (key === undefined || key === '') return this.#fallback.pick(upstream, request, exclude)
-    if (this.#weights.changed(upstream.peers)) {
+    if (this.#weights.changed(upstream)) {
       this.#primary = ringOf(upstream.peers.filter(peer => !peer.backup))
       this.#backup = ringOf(upstream.peers.filter(peer => peer.backup))
     }

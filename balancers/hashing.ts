@@ -22,12 +22,17 @@ export function mix32 (h: number): number {
 /**
  * Remembers the weights a structure was built for: hash tables are built over
  * every peer (routable or not, so keys stay put) and need rebuilding only when
- * a weight changes, not on every state change.
+ * a weight changes, not on every state change. Weights are compared only when
+ * the upstream's version moved, so a pick does not scan the peers.
  */
 export class WeightsSeen {
   #weights: number[] = []
+  #version = -1
 
-  changed (peers: readonly Peer[]): boolean {
+  changed (upstream: { version: number, peers: readonly Peer[] }): boolean {
+    if (upstream.version === this.#version) return false
+    this.#version = upstream.version
+    const peers = upstream.peers
     let changed = peers.length !== this.#weights.length
     for (let i = 0; i < peers.length; i++) {
       if (this.#weights[i] !== peers[i].weight) {

@@ -28,7 +28,7 @@ export class IpHashBalancer implements Balancer {
 
   pick (upstream: BalancedUpstream, request: FastifyRequest, exclude?: readonly Peer[]): Peer | undefined {
     if (upstream.routableTiers().primary.length > 0) {
-      if (this.#weights.changed(upstream.peers)) this.#slots = slotsOf(upstream.peers)
+      if (this.#weights.changed(upstream)) this.#slots = slotsOf(upstream.peers)
       let h = hash32(clientKey(request.ip))
       for (let i = 0; i < TRIES; i++) {
         const peer = this.#slots[h % this.#slots.length]

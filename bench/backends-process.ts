@@ -1,0 +1,34 @@
+import { fork, type ChildProcess } from 'node:child_process'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
+
+/**
+ * Backends live in a child process of their own, so the proxy under test
+ * does not share its event loop with them.
+ */
+export async function startBackendProcess (count: number): Promise<{ ports: number[], child: ChildProcess }> {
+  const child = fork(new URL(import.meta.url), ['serve', String(count)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  const ports = await new Promise<number[]>((resolve, reject) => {
+    child.once('message', message => resolve(message as number[]))
+    child.once('exit', code => reject(new Error(`backends exited with ${code}`)))
+  })
+  return { ports, child }
+}
+
+async function serve (count: number): Promise<void> {
+  const ports: number[] = []
+  for (let id = 0; id < count; id++) {
+    const body = JSON.stringify({ backend: id })
+    const server = http.createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': body.length })
+      res.end(body)
+    })
+    server.keepAliveTimeout = 60_000
+    await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+    ports.push((server.address() as AddressInfo).port)
+  }
+  process.send?.(ports)
+  process.on('disconnect', () => process.exit(0))
+}
+
+if (process.argv[2] === 'serve') void serve(Number(process.argv[3]))

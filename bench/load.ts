@@ -1,0 +1,20 @@
+import { Worker } from 'node:worker_threads'
+import type { LoadJob, LoadResult } from './load-worker.js'
+
+/** Runs a bounded load in a worker thread, so the client does not share the event loop it measures. */
+export async function runLoad (job: LoadJob): Promise<LoadResult> {
+  const worker = new Worker(new URL('./load-worker.js', import.meta.url), { workerData: job })
+  try {
+    return await new Promise<LoadResult>((resolve, reject) => {
+      worker.once('message', resolve)
+      worker.once('error', reject)
+    })
+  } finally {
+    await worker.terminate()
+  }
+}
+
+export function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]
+}
