@@ -144,7 +144,8 @@ async function proxyPlugin (fastify: FastifyInstance, options: ProxyOptions): Pr
     peer.release()
   }
 
-  async function pickOrHold (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  // Callback style: the common case (a peer is routable) costs no promise.
+  function pickOrHold (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void): void {
     // One listener per request does both jobs: a held client that goes away
     // leaves the queue, and a sent request gives its in-flight slot back.
     reply.raw.once('close', () => {
@@ -155,18 +156,21 @@ async function proxyPlugin (fastify: FastifyInstance, options: ProxyOptions): Pr
     if (peer !== undefined) {
       peer.acquire()
       assign(request, reply, peer)
+      done()
       return
     }
     if (!upstream.startsOnDemand) {
       reply.header('retry-after', config.retryAfter)
-      throw new NoPeerError(upstream.name)
+      done(new NoPeerError(upstream.name))
+      return
     }
-    try {
-      assign(request, reply, await hold.wait(request))
-    } catch (error) {
-      if ((error as { statusCode?: number }).statusCode === 503) reply.header('retry-after', config.retryAfter)
-      throw error
-    }
+    hold.wait(request).then(held => {
+      assign(request, reply, held)
+      done()
+    }, (error: Error & { statusCode?: number }) => {
+      if (error.statusCode === 503) reply.header('retry-after', config.retryAfter)
+      done(error)
+    })
   }
 
   function onError (reply: FastifyReply, { error }: { error: Error }): void {
