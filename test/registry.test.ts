@@ -110,5 +110,5 @@ t.test('the plugin decorates the instance, rejects unread sections, and clears t
 
   const typo = Fastify()
   await typo.register(registry, { upstreams: { a: { servers: ['127.0.0.1:1'], healthcheck: {} } as never } })
-  await t.rejects(typo.ready(), /no registered plugin reads upstream "a": option "healthcheck"/)
+  await t.rejects(async () => { await typo.ready() }, /no registered plugin reads upstream "a": option "healthcheck"/)
 })
