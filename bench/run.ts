@@ -3,7 +3,8 @@ import { pathToFileURL } from 'node:url'
 // `npm run bench` runs every benchmark; `npm run bench -- proxy` only those whose name matches.
 const benches: Record<string, () => Promise<{ run: () => Promise<void> }>> = {
   'balancer-cost': async () => await import('./balancer-cost.js'),
-  'proxy-throughput': async () => await import('./proxy-throughput.js')
+  'proxy-throughput': async () => await import('./proxy-throughput.js'),
+  'health-checks': async () => await import('./health-checks.js')
 }
 
 export async function main (filter = process.argv[2] ?? ''): Promise<void> {
