@@ -1,0 +1,179 @@
+import { createHash, timingSafeEqual } from 'node:crypto'
+import { BlockList, isIP } from 'node:net'
+import fp from 'fastify-plugin'
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
+import type { Command, ExecuteResult } from '../plugins/supervisord.js'
+import { isUnavailable } from '../plugins/supervisord-client.js'
+import { BackendOutOfRangeError, BadQueryError, ForbiddenError, SupervisordError, SupervisordUnavailableError } from '../plugins/errors.js'
+import { optionError, showValue, stringOption } from '../plugins/options.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** A route handler that starts peer `:backend` (an index or `any`) of `upstream`; throws now if the upstream is unknown or has no `supervisord`. */
+    supervisordStart (upstream: string): RouteHandlerMethod
+    /** A route handler that stops peer `:backend` (an index or `any`) of `upstream`, after draining it. */
+    supervisordStop (upstream: string): RouteHandlerMethod
+  }
+}
+
+export interface SupervisordRoutesOptions {
+  /** The upstream the routes command. */
+  upstream: string
+  /** Where the routes are mounted (default `/_supervisord`: `/_supervisord/start/:backend`, `/_supervisord/stop/:backend`). */
+  prefix?: string
+  /** HTTP methods of both routes (default `['POST']`; `['GET', 'POST']` for links and curl without -X). */
+  methods?: Array<'GET' | 'POST'>
+  /** Client addresses let in: IPv4/IPv6 addresses and CIDRs (default loopback only when no `token` is set). */
+  allow?: string[]
+  /** A bearer token the client must send (`Authorization: Bearer <token>`). With `allow` too, both are required. */
+  token?: string
+}
+
+const ROUTE_OPTIONS = ['upstream', 'prefix', 'methods', 'allow', 'token']
+const LOOPBACK = ['127.0.0.1', '::1']
+const INDEX = /^\d+$/
+
+function backendParam (value: unknown, upstream: string, count: number): number | 'any' {
+  if (value === 'any') return 'any'
+  if (typeof value !== 'string' || !INDEX.test(value)) {
+    throw new BadQueryError(`backend must be a peer index (0..${count - 1}) or "any", got ${showValue(value)}`)
+  }
+  const index = Number(value)
+  if (index >= count) throw new BackendOutOfRangeError(upstream, value, count - 1)
+  return index
+}
+
+function waitParam (query: unknown): boolean {
+  const wait = (query as Record<string, unknown> | undefined)?.wait
+  if (wait === undefined || wait === '0' || wait === 'false') return false
+  if (wait === '1' || wait === 'true') return true
+  throw new BadQueryError(`query "wait" must be 1 or 0, got ${showValue(wait)}`)
+}
+
+/** What the answer says: the command's result, or an error when a waited-for command failed. */
+function answer (reply: FastifyReply, result: ExecuteResult, wait: boolean): Omit<ExecuteResult, 'retryAfter'> {
+  const { retryAfter, ...body } = result
+  if (!result.accepted || result.fault === 'CANCELLED') {
+    if (retryAfter !== undefined) reply.header('retry-after', Math.ceil(retryAfter / 1000))
+    reply.code(409)
+  } else if (wait && result.ok === false) {
+    const reason = result.reason ?? result.fault ?? 'command failed'
+    throw isUnavailable(result.fault) ? new SupervisordUnavailableError(reason) : new SupervisordError(reason)
+  }
+  return body
+}
+
+/**
+ * A handler for `<prefix>/:backend`: answers `{ upstream, command, backend,
+ * accepted, state }` once the command is accepted, or with `?wait=1` after
+ * supervisord's answer (200, or 502 with the fault; 503 when supervisord
+ * cannot be reached).
+ */
+export function commandHandler (fastify: FastifyInstance, upstream: string, command: Command): RouteHandlerMethod {
+  if (!fastify.hasDecorator('supervisord')) {
+    throw new Error('fastify-supervisord: the supervisord routes need the supervisord bridge plugin registered first')
+  }
+  const bridge = fastify.supervisord
+  if (!bridge.manages(upstream)) {
+    throw new Error(`fastify-supervisord: upstream "${upstream}" has no "supervisord" option: there is nothing to ${command}`)
+  }
+  const count = fastify.upstreams.get(upstream).peers.length
+  return async function supervisordCommand (request: FastifyRequest, reply: FastifyReply) {
+    const backend = backendParam((request.params as Record<string, unknown> | undefined)?.backend, upstream, count)
+    const wait = waitParam(request.query)
+    return answer(reply, await bridge.execute(upstream, command, backend, { wait }), wait)
+  }
+}
+
+async function decorators (fastify: FastifyInstance): Promise<void> {
+  fastify.decorate('supervisordStart', (upstream: string) => commandHandler(fastify, upstream, 'start'))
+  fastify.decorate('supervisordStop', (upstream: string) => commandHandler(fastify, upstream, 'stop'))
+}
+
+/** Decorates `supervisordStart(upstream)` and `supervisordStop(upstream)`, which return route handlers. */
+export const supervisordCommands = fp(decorators, {
+  name: 'fastify-supervisord-commands',
+  fastify: '5.x',
+  dependencies: ['fastify-supervisord-bridge']
+})
+
+function allowList (value: unknown, where: string): BlockList {
+  if (!Array.isArray(value) || value.length === 0) {
+    throw optionError(where, `option "allow" must be a non-empty list of addresses or CIDRs, got ${showValue(value)}`)
+  }
+  const list = new BlockList()
+  for (const entry of value) {
+    const [address, bits, ...rest] = typeof entry === 'string' ? entry.split('/') : []
+    const family = isIP(address ?? '')
+    const prefix = bits === undefined ? undefined : Number(bits)
+    const max = family === 6 ? 128 : 32
+    if (family === 0 || rest.length > 0 || (prefix !== undefined && (!INDEX.test(bits) || prefix > max))) {
+      throw optionError(where, `option "allow" entries must be IPv4 or IPv6 addresses or CIDRs (e.g. "10.0.0.0/8", "::1"), got ${showValue(entry)}`)
+    }
+    const type = family === 6 ? 'ipv6' : 'ipv4'
+    if (prefix === undefined) list.addAddress(address, type)
+    else list.addSubnet(address, prefix, type)
+  }
+  return list
+}
+
+function methodsOption (value: unknown, where: string): Array<'GET' | 'POST'> {
+  if (value === undefined) return ['POST']
+  if (!Array.isArray(value) || value.length === 0 || !value.every(m => m === 'GET' || m === 'POST')) {
+    throw optionError(where, `option "methods" must be a non-empty list of "GET" and "POST", got ${showValue(value)}`)
+  }
+  return [...new Set(value as Array<'GET' | 'POST'>)]
+}
+
+const digest = (text: string): Buffer => createHash('sha256').update(text).digest()
+
+function guard (allow: BlockList | undefined, token: string | undefined) {
+  const expected = token === undefined ? undefined : digest(token)
+  return async function supervisordGuard (request: FastifyRequest): Promise<void> {
+    if (allow !== undefined) {
+      const ip = request.ip
+      if (!allow.check(ip, isIP(ip) === 6 ? 'ipv6' : 'ipv4')) throw new ForbiddenError(`address ${ip} is not allowed to command supervisord`)
+    }
+    if (expected !== undefined) {
+      const match = /^Bearer\s+(\S+)\s*$/i.exec(request.headers.authorization ?? '')
+      // Digests have equal lengths, so the comparison takes the same time whatever was sent.
+      if (match === null || !timingSafeEqual(digest(match[1]), expected)) {
+        throw new ForbiddenError('a valid bearer token is required to command supervisord')
+      }
+    }
+  }
+}
+
+/**
+ * `POST <prefix>/start/:backend` and `POST <prefix>/stop/:backend` for one
+ * upstream, guarded by an allow-list and/or a bearer token (loopback only
+ * when neither is given); everything else gets 403.
+ */
+async function routes (fastify: FastifyInstance, options: SupervisordRoutesOptions): Promise<void> {
+  const where = `supervisord routes for upstream ${showValue(options?.upstream)}`
+  for (const key of Object.keys(options ?? {})) {
+    if (!ROUTE_OPTIONS.includes(key)) throw optionError(where, `unknown option "${key}" (known: ${ROUTE_OPTIONS.join(', ')})`)
+  }
+  if (typeof options.upstream !== 'string' || options.upstream === '') {
+    throw optionError(where, `option "upstream" must name an upstream of the registry, got ${showValue(options.upstream)}`)
+  }
+  const upstream = options.upstream
+  const methods = methodsOption(options.methods, where)
+  const token = options.token === undefined ? undefined : stringOption(options.token, '', where, 'token')
+  const allow = options.allow === undefined && token === undefined ? allowList(LOOPBACK, where) : options.allow === undefined ? undefined : allowList(options.allow, where)
+  // Fastify has already applied a `prefix` given at register(); the default is applied here.
+  const base = options.prefix === undefined ? '/_supervisord' : ''
+  fastify.addHook('onRequest', guard(allow, token))
+  fastify.route({ method: methods, url: `${base}/start/:backend`, handler: commandHandler(fastify, upstream, 'start') })
+  fastify.route({ method: methods, url: `${base}/stop/:backend`, handler: commandHandler(fastify, upstream, 'stop') })
+}
+
+/** The start/stop routes of one upstream, mounted under a prefix and guarded (see SupervisordRoutesOptions). */
+export const supervisordRoutes = fp(routes, {
+  name: 'fastify-supervisord-routes',
+  fastify: '5.x',
+  dependencies: ['fastify-supervisord-bridge'],
+  encapsulate: true
+})
+
+export default supervisordCommands

@@ -1,0 +1,433 @@
+import net from 'node:net'
+import Fastify, { type FastifyInstance } from 'fastify'
+import t, { type Test } from 'tap'
+import registry, { type CommandEvent, type RegistryOptions } from '../plugins/registry.js'
+import supervisord, { type SupervisordBridgeOptions } from '../plugins/supervisord.js'
+import proxy from '../plugins/proxy.js'
+import { SupervisordClient } from '../plugins/supervisord-client.js'
+import type { PeerChange } from '../plugins/peer.js'
+import { freePort, getDirect, serving, skip, startSupervisord, until, type Supervisord } from './helpers/supervisord.js'
+
+interface App {
+  app: FastifyInstance
+  logs: Array<{ level: number, msg: string, fault?: string, program?: string }>
+  commands: CommandEvent[]
+  changes: PeerChange[]
+}
+
+/** The registry and the bridge (polling off unless asked), with logs and registry events recorded. */
+async function bridgeApp (t: Test, upstreams: RegistryOptions['upstreams'], options: SupervisordBridgeOptions = {}): Promise<App> {
+  const logs: App['logs'] = []
+  const app = Fastify({ logger: { level: 'warn', stream: { write: (line: string) => { logs.push(JSON.parse(line)) } } } })
+  await app.register(registry, { upstreams })
+  await app.register(supervisord, { pollInterval: 0, ...options })
+  t.teardown(() => app.close())
+  const commands: CommandEvent[] = []
+  const changes: PeerChange[] = []
+  app.upstreams.on('command', event => commands.push(event))
+  app.upstreams.on('change', change => changes.push(change))
+  return { app, logs, commands, changes }
+}
+
+/** The bridge with the proxy in front of upstream `backend`. */
+async function proxyApp (t: Test, upstreams: RegistryOptions['upstreams'], options: SupervisordBridgeOptions = {}): Promise<App> {
+  const app = await bridgeApp(t, upstreams, options)
+  await app.app.register(proxy, { upstream: Object.keys(upstreams)[0], holdTimeout: 5000 })
+  return app
+}
+
+async function withSupervisord (t: Test, options: Parameters<typeof startSupervisord>[0] = {}): Promise<Supervisord> {
+  const sv = await startSupervisord(options)
+  t.teardown(() => sv.stop())
+  return sv
+}
+
+async function statename (sv: Supervisord, program: string): Promise<string> {
+  return (await sv.client.getProcessInfo(program)).statename
+}
+
+const processes = (app: FastifyInstance, upstream = 'backend'): string[] => app.upstreams.get(upstream).peers.map(p => p.process)
+
+t.test('options are checked at registration, naming upstream and option', async t => {
+  const cases: Array<[RegistryOptions['upstreams'], SupervisordBridgeOptions, RegExp]> = [
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'nowhere' } }, {}, /upstream "b": option "supervisord" must be "none", "host:port" or "unix:\/path"/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: '127.0.0.1:9001 admin' } }, {}, /upstream "b": option "supervisord" credentials must be user:pass/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: { address: '127.0.0.1:9001', username: 'admin' } } }, {}, /upstream "b": option "supervisord" needs both "username" and "password"/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 9001 as never } }, {}, /upstream "b": option "supervisord" must be "none", "host:port", "unix:\/path" or \{ address, username, password \}, got 9001/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none admin:x' } }, {}, /upstream "b": option "supervisord" is "none": credentials make no sense/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'unix:run/s.sock' } }, {}, /upstream "b": option "supervisord" unix socket path must be absolute/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none', supervisordName: 'a b' } }, {}, /upstream "b": option "supervisordName" must be letters/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none', supervisordName: '' } }, {}, /upstream "b": option "supervisordName" must be a non-empty string/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none', inheritBackendStatus: 'yes' as never } }, {}, /upstream "b": option "inheritBackendStatus" must be true or false/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none', stopOnFailure: true } }, {}, /upstream "b": option "stopOnFailure" needs a supervisord/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisordName: 'x' } }, {}, /upstream "b": option "supervisordName" is only read together with option "supervisord"/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none' } }, { pollIntervall: 5 } as never, /supervisord: unknown option "pollIntervall"/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none' } }, { callTimeout: 0 }, /supervisord: option "callTimeout" must be a number from 1/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none' } }, { antiFlap: -1 }, /supervisord: option "antiFlap" must be a number from 0/]
+  ]
+  for (const [upstreams, options, message] of cases) {
+    const app = Fastify({ logger: false })
+    await app.register(registry, { upstreams })
+    await t.rejects(async () => { await app.register(supervisord, options) }, message)
+    await app.close()
+  }
+})
+
+t.test('the sections are claimed, so the registry does not call them typos', async t => {
+  const { app } = await bridgeApp(t, { b: { servers: ['127.0.0.1:1'], supervisord: 'none', supervisordName: 'b', inheritBackendStatus: true } })
+  await t.resolves(async () => { await app.ready() })
+})
+
+t.test('execute: unknown upstream, upstream without supervisord, index out of range, bad command', async t => {
+  const { app } = await bridgeApp(t, {
+    backend: { servers: ['127.0.0.1:1', '127.0.0.1:2'], supervisord: 'none' },
+    plain: { servers: ['127.0.0.1:3'] }
+  })
+  await t.rejects(app.supervisord.execute('nope', 'start', 0), /unknown upstream "nope"/)
+  await t.rejects(app.supervisord.execute('plain', 'start', 0), /upstream "plain" has no "supervisord" option/)
+  await t.rejects(app.supervisord.execute('backend', 'start', 2), { code: 'FST_SUPERVISORD_BACKEND_OUT_OF_RANGE', statusCode: 404 })
+  await t.rejects(app.supervisord.execute('backend', 'start', 1.5), { code: 'FST_SUPERVISORD_BACKEND_OUT_OF_RANGE' })
+  await t.rejects(app.supervisord.execute('backend', 'restart' as never, 0), /command must be "start" or "stop"/)
+  t.equal(app.supervisord.manages('backend'), true)
+  t.equal(app.supervisord.manages('plain'), false)
+  t.equal(app.supervisord.program('backend', 1), 'backend1')
+  t.equal(app.supervisord.label('backend'), 'none')
+})
+
+t.test('none mode: commands flip rotation at once, with no daemon, and listeners are told', async t => {
+  const { app, commands, changes } = await bridgeApp(t, {
+    backend: {
+      servers: ['127.0.0.1:1', '127.0.0.1:2', { address: '127.0.0.1:3', down: true }],
+      supervisord: 'none',
+      inheritBackendStatus: true
+    }
+  }, { antiFlap: 60_000 })
+  await app.ready()
+  const upstream = app.upstreams.get('backend')
+  t.same(processes(app), ['up', 'up', 'down'], 'inherited from the configuration')
+  t.equal(upstream.startsOnDemand, false, 'requests are not held in none mode')
+
+  const started = await app.supervisord.execute('backend', 'start', 2)
+  t.match(started, { upstream: 'backend', command: 'start', backend: 2, accepted: true, state: 'up', ok: true })
+  t.ok(upstream.peers[2].routable)
+  t.match(commands, [{ upstream: 'backend', index: 2, command: 'start', ok: true }])
+  t.match(changes, [{ index: 2, field: 'process', from: 'down', to: 'up' }], 'straight to up, nothing in between')
+
+  const noop = await app.supervisord.execute('backend', 'start', 0)
+  t.match(noop, { accepted: true, state: 'up', ok: true, reason: 'already up' })
+  t.equal(commands.length, 1, 'a no-op is not a command')
+
+  const stopped = await app.supervisord.execute('backend', 'stop', 0, { wait: true })
+  t.match(stopped, { backend: 0, accepted: true, state: 'down', ok: true })
+  t.notOk(upstream.peers[0].routable)
+
+  const any = await app.supervisord.execute('backend', 'stop', 'any')
+  t.match(any, { backend: 2, accepted: true, state: 'down' }, '"any" stops the highest-index running peer')
+  const flap = await app.supervisord.execute('backend', 'start', 'any')
+  t.match(flap, { backend: 'any', accepted: false, state: null, reason: /anti-flap/ })
+  t.ok(flap.retryAfter !== undefined && flap.retryAfter > 59_000 && flap.retryAfter <= 60_000)
+  t.same(processes(app), ['down', 'up', 'down'])
+  t.same(commands.map(c => `${c.command}${c.index}`), ['start2', 'stop0', 'stop2'])
+})
+
+t.test('none mode without inheritBackendStatus: every peer starts down; "any" never stops the last one', async t => {
+  const { app } = await bridgeApp(t, { backend: { servers: ['127.0.0.1:1', '127.0.0.1:2'], supervisord: 'none' } }, { antiFlap: 0 })
+  t.same(processes(app), ['down', 'down'])
+  t.match(await app.supervisord.execute('backend', 'stop', 'any'), { accepted: false, reason: /last one/ })
+  t.match(await app.supervisord.execute('backend', 'start', 'any'), { backend: 0, state: 'up' })
+  t.match(await app.supervisord.execute('backend', 'start', 'any'), { backend: 1, state: 'up' })
+  t.match(await app.supervisord.execute('backend', 'start', 'any'), { accepted: false, reason: /no peer is down/ })
+  app.upstreams.setAdmin('backend', 1, 'maint')
+  t.match(await app.supervisord.execute('backend', 'stop', 'any'), { backend: 1, state: 'down' })
+  t.match(await app.supervisord.execute('backend', 'start', 'any'), { accepted: false }, 'a peer in maint is not picked by "any"')
+  t.match(await app.supervisord.execute('backend', 'start', 1), { backend: 1, state: 'up' }, 'but can be started by its index')
+})
+
+// Each subtest has its own supervisord: they run side by side.
+t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
+  t.test('start and stop by index, waiting for supervisord: starting → up, stopping → down', async t => {
+    const sv = await withSupervisord(t)
+    const { app, commands, changes } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
+    await app.ready()
+    const upstream = app.upstreams.get('backend')
+    t.equal(upstream.startsOnDemand, true)
+    t.same(processes(app), ['down', 'down'])
+
+    const accepted = await app.supervisord.execute('backend', 'start', 1)
+    t.match(accepted, { backend: 1, program: 'backend1', accepted: true, state: 'starting' })
+    t.equal(accepted.ok, undefined, 'not waited for: no outcome yet')
+    const waited = await app.supervisord.execute('backend', 'start', 1, { wait: true })
+    t.match(waited, { backend: 1, accepted: true, state: 'up', ok: true })
+    t.equal(await statename(sv, 'backend1'), 'RUNNING')
+    t.same(await serving(sv.programs[1].address), { status: 200, body: '{"backend":1}' })
+    t.ok(await until(() => upstream.peers[1].pid !== null), 'the pid is read after a start')
+    t.same([upstream.peers[1].pid], await sv.backendPids())
+
+    t.match(await app.supervisord.execute('backend', 'stop', 1, { wait: true }), { state: 'down', ok: true })
+    t.equal(await statename(sv, 'backend1'), 'STOPPED')
+    t.equal(upstream.peers[1].admin, 'ready', 'drained for the stop, ready again once down')
+    t.equal(upstream.peers[1].pid, null)
+    t.same(changes.filter(c => c.field === 'process').map(c => `${c.from}>${c.to}`), ['down>starting', 'starting>up', 'up>stopping', 'stopping>down'])
+    t.match(commands, [{ index: 1, command: 'start', ok: true }, { index: 1, command: 'stop', ok: true }])
+  })
+
+  t.test('ALREADY_STARTED on start and NOT_RUNNING on stop count as success', async t => {
+    const sv = await withSupervisord(t)
+    const { app, logs } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
+    await app.ready()
+    await sv.client.startProcess('backend0')
+    t.equal(processes(app)[0], 'down', 'started behind its back, and no poll yet')
+    t.match(await app.supervisord.execute('backend', 'start', 0, { wait: true }), { state: 'up', ok: true, reason: /ALREADY_STARTED/ })
+    t.equal((await app.supervisord.execute('backend', 'start', 0, { wait: true })).fault, undefined)
+    await sv.client.stopProcess('backend0')
+    t.match(await app.supervisord.execute('backend', 'stop', 0, { wait: true }), { state: 'down', ok: true, reason: /NOT_RUNNING/ })
+    t.same(logs.filter(l => l.level >= 50), [], 'nothing logged as an error')
+  })
+
+  t.test('SPAWN_ERROR and BAD_NAME: start fails, the peer stays down, the fault is logged and told', async t => {
+    const sv = await withSupervisord(t, { programs: [], broken: ['broken0'] })
+    const { app, logs, commands } = await bridgeApp(t, {
+      broken: { servers: ['127.0.0.1:1'], supervisord: sv.option },
+      ghost: { servers: ['127.0.0.1:2'], supervisord: sv.option, supervisordName: 'nope' }
+    })
+    const spawn = await app.supervisord.execute('broken', 'start', 0, { wait: true })
+    t.match(spawn, { backend: 0, accepted: true, state: 'down', ok: false, fault: 'SPAWN_ERROR', reason: /could not start program "broken0": SPAWN_ERROR/ })
+    const bad = await app.supervisord.execute('ghost', 'start', 0, { wait: true })
+    t.match(bad, { program: 'nope0', state: 'down', ok: false, fault: 'BAD_NAME' })
+    t.match(commands, [{ upstream: 'broken', command: 'start', ok: false, fault: 'SPAWN_ERROR' }, { upstream: 'ghost', ok: false, fault: 'BAD_NAME' }])
+    t.match(logs.filter(l => l.level === 50), [{ fault: 'SPAWN_ERROR', program: 'broken0' }, { fault: 'BAD_NAME', program: 'nope0' }])
+    const stop = await app.supervisord.execute('ghost', 'stop', 0, { wait: true })
+    t.match(stop, { state: 'down', ok: true, reason: 'already down' }, 'a stop of a down peer sends nothing')
+    await app.ready()
+    await app.supervisord.poll()
+    const missing = logs.filter(l => l.level === 40 && /has no program "nope0"/.test(l.msg))
+    t.equal(missing.length, 1, 'a program missing from supervisord is warned about once, not at every poll')
+  })
+
+  t.test('"any": lowest down peer starts, highest running stops, one at a time, with an anti-flap window', async t => {
+    const sv = await withSupervisord(t, { programs: [{ count: 3 }] })
+    const { app } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { antiFlap: 1500 })
+    const afterWindow = async (refused: { retryAfter?: number }): Promise<void> => {
+      await new Promise(resolve => setTimeout(resolve, (refused.retryAfter ?? 0) + 20))
+    }
+    t.match(await app.supervisord.execute('backend', 'start', 'any'), { backend: 0, accepted: true, state: 'starting' })
+    t.match(await app.supervisord.execute('backend', 'start', 'any'), { backend: 'any', accepted: false, reason: /has not ended yet/ })
+    t.ok(await until(() => processes(app)[0] === 'up'))
+    const early = await app.supervisord.execute('backend', 'start', 'any')
+    t.match(early, { accepted: false, reason: /anti-flap/ })
+    t.ok(early.retryAfter !== undefined && early.retryAfter > 0 && early.retryAfter < 1500)
+    await afterWindow(early)
+    t.match(await app.supervisord.execute('backend', 'start', 'any', { wait: true }), { backend: 1, state: 'up', ok: true })
+    t.same(processes(app), ['up', 'up', 'down'])
+    const flap = await app.supervisord.execute('backend', 'stop', 'any')
+    t.match(flap, { accepted: false, reason: /anti-flap/ }, 'the window holds between a start and a stop too')
+    await afterWindow(flap)
+    t.match(await app.supervisord.execute('backend', 'stop', 'any', { wait: true }), { backend: 1, state: 'down', ok: true })
+    t.same(processes(app), ['up', 'down', 'down'])
+    t.equal(await statename(sv, 'backend1'), 'STOPPED')
+    t.equal(await statename(sv, 'backend0'), 'RUNNING')
+  })
+
+  t.test('the poll notices a backend killed outside, and one started outside (with its pid)', async t => {
+    const sv = await withSupervisord(t)
+    const { app } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { pollInterval: 100 })
+    await app.ready()
+    const peers = app.upstreams.get('backend').peers
+    await app.supervisord.execute('backend', 'start', 0, { wait: true })
+    const [pid] = await sv.backendPids()
+    process.kill(pid, 'SIGKILL')
+    t.ok(await until(() => peers[0].process === 'down', 3000), 'peer 0 is down after its process was killed')
+    t.equal(peers[0].pid, null)
+
+    await sv.client.startProcess('backend1')
+    t.ok(await until(() => peers[1].process === 'up', 3000), 'peer 1 is up after a start outside the proxy')
+    t.equal(peers[1].pid, (await sv.client.getProcessInfo('backend1')).pid)
+  })
+
+  t.test('the first poll, at start-up, reads what is already running', async t => {
+    const sv = await withSupervisord(t)
+    await sv.client.startProcess('backend1')
+    const { app } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
+    t.same(processes(app), ['down', 'down'])
+    await app.ready()
+    t.same(processes(app), ['down', 'up'])
+  })
+
+  t.test('50 demands at once start exactly one peer, the lowest down', async t => {
+    const sv = await withSupervisord(t)
+    const { app, commands } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
+    await app.ready()
+    const calls: string[] = []
+    const original = SupervisordClient.prototype.startProcess
+    SupervisordClient.prototype.startProcess = async function (this: SupervisordClient, name: string, wait?: boolean) {
+      // Subtests run side by side: count only the calls to this test's supervisord.
+      if (this.label === sv.address) calls.push(name)
+      return await original.call(this, name, wait)
+    }
+    t.teardown(() => { SupervisordClient.prototype.startProcess = original })
+    const upstream = app.upstreams.get('backend')
+    for (let i = 0; i < 50; i++) upstream.demand()
+    t.ok(await until(() => commands.length > 0, 4000))
+    for (let i = 0; i < 50; i++) upstream.demand()
+    await new Promise(resolve => setTimeout(resolve, 100))
+    t.same(calls, ['backend0'], 'one startProcess, and none once a peer is routable')
+    t.same(processes(app), ['up', 'down'])
+    t.equal(await statename(sv, 'backend1'), 'STOPPED')
+  })
+
+  t.test('stop drains: supervisord is asked only when the in-flight requests are done', async t => {
+    const sv = await withSupervisord(t)
+    const { app } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
+    const peer = app.upstreams.get('backend').peers[0]
+    await app.supervisord.execute('backend', 'start', 0, { wait: true })
+    peer.acquire()
+    const stopping = app.supervisord.execute('backend', 'stop', 0, { wait: true })
+    await new Promise(resolve => setTimeout(resolve, 300))
+    t.equal(peer.process, 'stopping')
+    t.equal(peer.admin, 'drain')
+    t.notOk(peer.routable)
+    t.equal(await statename(sv, 'backend0'), 'RUNNING', 'not asked yet: a request is in flight')
+    peer.release()
+    t.match(await stopping, { ok: true, state: 'down' })
+    t.equal(peer.admin, 'ready')
+    t.equal(await statename(sv, 'backend0'), 'STOPPED')
+  })
+
+  t.test('drainTimeout bounds the wait for in-flight requests', async t => {
+    const sv = await withSupervisord(t)
+    const { app, logs } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { drainTimeout: 200 })
+    const peer = app.upstreams.get('backend').peers[0]
+    await app.supervisord.execute('backend', 'start', 0, { wait: true })
+    peer.acquire()
+    const started = Date.now()
+    t.match(await app.supervisord.execute('backend', 'stop', 0, { wait: true }), { ok: true, state: 'down' })
+    t.ok(Date.now() - started >= 200)
+    t.match(logs, [{ level: 40, msg: /drainTimeout \(200 ms\) passed/ }])
+    peer.release()
+  })
+
+  t.test('a start during a stop\'s drain replaces it: nothing is stopped, the peer is up and ready', async t => {
+    const sv = await withSupervisord(t)
+    const { app, commands } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
+    const peer = app.upstreams.get('backend').peers[0]
+    await app.supervisord.execute('backend', 'start', 0, { wait: true })
+    const pids = await sv.backendPids()
+    peer.acquire()
+    const stop = app.supervisord.execute('backend', 'stop', 0, { wait: true })
+    await new Promise(resolve => setTimeout(resolve, 50))
+    const start = await app.supervisord.execute('backend', 'start', 0, { wait: true })
+    t.match(await stop, { ok: false, fault: 'CANCELLED' })
+    t.match(start, { ok: true, state: 'up' })
+    t.equal(peer.admin, 'ready')
+    t.ok(peer.routable)
+    t.same(await sv.backendPids(), pids, 'the same process kept running')
+    t.match(commands.slice(-2), [{ command: 'stop', ok: false, fault: 'CANCELLED' }, { command: 'start', ok: true }])
+    peer.release()
+  })
+
+  t.test('through the proxy: a slow request in flight completes with 200 before its peer is stopped', async t => {
+    const sv = await withSupervisord(t, { programs: [{ count: 2, slowMs: 700 }] })
+    const { app, changes } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
+    await app.supervisord.execute('backend', 'start', 0, { wait: true })
+    await serving(sv.programs[0].address)
+    const peer = app.upstreams.get('backend').peers[0]
+    const order: string[] = []
+    const request = app.inject('/').then(res => { order.push('response'); return res })
+    t.ok(await until(() => peer.inflight === 1, 2000), 'the request is in flight')
+    const stop = app.supervisord.execute('backend', 'stop', 0, { wait: true }).then(result => { order.push('stopped'); return result })
+    const res = await request
+    t.equal(res.statusCode, 200)
+    t.same(res.json(), { backend: 0 })
+    t.match(await stop, { ok: true, state: 'down' })
+    t.same(order, ['response', 'stopped'])
+    t.match(changes.filter(c => c.field === 'admin').map(c => c.to), ['drain', 'ready'])
+    t.equal(await statename(sv, 'backend0'), 'STOPPED')
+  })
+
+  t.test('through the proxy: 50 requests on a cold upstream are held, one peer is started, all get 200', async t => {
+    // RUNNING comes after startsecs, not when the program listens: 2 s leaves room on a loaded machine.
+    const sv = await withSupervisord(t, { programs: [{ count: 2, startsecs: 2 }] })
+    const { app, commands } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
+    await app.ready()
+    const responses = await Promise.all(Array.from({ length: 50 }, async () => await app.inject('/')))
+    t.same(responses.map(r => r.statusCode), Array(50).fill(200))
+    t.ok(responses.every(r => r.body === '{"backend":0}'))
+    t.match(commands, [{ command: 'start', index: 0, ok: true }])
+    t.equal(commands.length, 1, 'exactly one start')
+    t.equal(await statename(sv, 'backend1'), 'STOPPED')
+  })
+
+  t.test('through the proxy: a start that fails answers the held request 502 with the fault', async t => {
+    const sv = await withSupervisord(t, { programs: [], broken: ['broken0'] })
+    const { app } = await proxyApp(t, { broken: { servers: ['127.0.0.1:1'], supervisord: sv.option } })
+    await app.ready()
+    const res = await app.inject('/')
+    t.equal(res.statusCode, 502)
+    t.match(res.json(), { code: 'FST_SUPERVISORD_START_FAILED', message: /SPAWN_ERROR/ })
+  })
+
+  t.test('stopOnFailure: a passive failure stops the peer through supervisord', async t => {
+    const sv = await withSupervisord(t)
+    const { app } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option, stopOnFailure: true } })
+    const peer = app.upstreams.get('backend').peers[0]
+    await app.supervisord.execute('backend', 'start', 0, { wait: true })
+    peer.recordFailure('connection refused')
+    t.ok(await until(() => peer.process === 'down', 4000))
+    t.equal(await statename(sv, 'backend0'), 'STOPPED')
+  })
+
+  t.test('supervisord killed while the app runs: commands fail UNREACHABLE, running backends keep serving', async t => {
+    const sv = await withSupervisord(t)
+    const { app, commands } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { pollInterval: 100 })
+    await app.ready()
+    await app.supervisord.execute('backend', 'start', 0, { wait: true })
+    t.same(await serving(sv.programs[0].address), { status: 200, body: '{"backend":0}' })
+    process.kill(sv.pid, 'SIGKILL')
+    t.ok(await until(async () => 'error' in await getDirect(`127.0.0.1:${sv.port}`), 3000), 'supervisord is gone')
+    const result = await app.supervisord.execute('backend', 'start', 1, { wait: true })
+    t.match(result, { ok: false, fault: 'UNREACHABLE', state: 'down', reason: /unreachable/ })
+    t.match(commands.at(-1), { command: 'start', index: 1, ok: false, fault: 'UNREACHABLE' })
+    await new Promise(resolve => setTimeout(resolve, 250))
+    t.equal(processes(app)[0], 'up', 'a failed poll changes nothing')
+    t.same(await getDirect(sv.programs[0].address), { status: 200, body: '{"backend":0}' })
+  })
+})
+
+t.test('a hanging supervisord: commands fail with TIMEOUT within callTimeout, close does not wait for them', async t => {
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer(socket => { sockets.add(socket) })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', () => resolve()))
+  t.teardown(async () => {
+    for (const socket of sockets) socket.destroy()
+    await new Promise<void>(resolve => server.close(() => resolve()))
+  })
+  const address = `127.0.0.1:${(server.address() as net.AddressInfo).port}`
+  const { app, commands } = await bridgeApp(t, { backend: { servers: ['127.0.0.1:1', '127.0.0.1:2'], supervisord: address } }, { callTimeout: 300 })
+  const started = Date.now()
+  await app.ready()
+  t.ok(Date.now() - started < 1000, 'the start-up poll gives up within callTimeout')
+  const result = await app.supervisord.execute('backend', 'start', 0, { wait: true })
+  t.ok(Date.now() - started < 1500)
+  t.match(result, { ok: false, fault: 'TIMEOUT', state: 'down', reason: /no answer within 300 ms/ })
+  t.match(commands, [{ command: 'start', ok: false, fault: 'TIMEOUT' }])
+
+  const slow = await bridgeApp(t, { backend: { servers: ['127.0.0.1:1'], supervisord: address } }, { callTimeout: 20_000 })
+  const pending = slow.app.supervisord.execute('backend', 'start', 0, { wait: true })
+  await new Promise(resolve => setTimeout(resolve, 50))
+  const closing = Date.now()
+  await slow.app.close()
+  t.ok(Date.now() - closing < 1000, 'close aborts the call in flight')
+  t.match(await pending, { ok: false, fault: 'ABORTED' })
+  t.same(slow.logs.filter(l => l.level >= 50), [], 'an abort at close is not logged as an error')
+})
+
+t.test('an unreachable supervisord at start-up is logged, not fatal', async t => {
+  const port = await freePort()
+  const { app, logs } = await bridgeApp(t, { backend: { servers: ['127.0.0.1:1'], supervisord: `127.0.0.1:${port} admin:secret` } })
+  await t.resolves(async () => { await app.ready() })
+  t.match(logs, [{ level: 40, msg: /could not getAllProcessInfo: unreachable \(ECONNREFUSED\)/ }])
+  t.notMatch(JSON.stringify(logs), /secret/, 'credentials are never logged')
+  app.upstreams.setAdmin('backend', 0, 'maint')
+  app.upstreams.get('backend').demand()
+  t.match(logs.at(-1), { level: 40, msg: /a request waits for a peer, but none is down to be started/ })
+})
