@@ -56,11 +56,26 @@ export interface CommandEvent {
   at: number
 }
 
+/** A scaling decision, with the numbers that made it; the supervisord bridge carries it out. */
+export interface ScaleEvent {
+  upstream: string
+  action: 'start' | 'stop'
+  index: number
+  /** Requests per second per running peer over the window (mean in-flight per running peer for reason 'in-flight'). */
+  load: number
+  running: number
+  /** The loadThreshold (targetInFlight for reason 'in-flight') the load was held against. */
+  threshold: number
+  reason: 'load' | 'idle' | 'low load' | 'min running' | 'in-flight'
+  at: number
+}
+
 /** Events of the registry: the "monitor" API, with any number of listeners. */
 export interface RegistryEvents {
   change: [PeerChange]
   demand: [DemandEvent]
   command: [CommandEvent]
+  scale: [ScaleEvent]
 }
 
 const SERVER_KEYS = ['address', 'weight', 'backup', 'down', 'maxFails', 'failTimeout']

@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { Peer, PeerChange, ProcessState } from './peer.js'
-import type { DemandEvent, Registry, Upstream } from './registry.js'
+import type { DemandEvent, Registry, ScaleEvent, Upstream } from './registry.js'
 import { parseSupervisord, supervisordLabel, type SupervisordOptions, type SupervisordTarget } from './supervisord-address.js'
 import { SupervisordCallError, SupervisordClient, type ProcessInfo } from './supervisord-client.js'
 import { BackendOutOfRangeError } from './errors.js'
@@ -219,6 +219,7 @@ class Bridge implements SupervisordBridge {
     for (const section of SECTIONS) registry.claim(section)
     registry.on('demand', this.#onDemand)
     registry.on('change', this.#onChange)
+    registry.on('scale', this.#onScale)
   }
 
   manages (upstream: string): boolean {
@@ -260,6 +261,7 @@ class Bridge implements SupervisordBridge {
     clearTimeout(this.#pollTimer)
     this.#registry.off('demand', this.#onDemand)
     this.#registry.off('change', this.#onChange)
+    this.#registry.off('scale', this.#onScale)
     const running = [...this.#managed.values()].flatMap(m => m.peers.map(pc => pc.pending?.done))
     await Promise.allSettled([this.#polling, ...running])
   }
@@ -456,6 +458,14 @@ class Bridge implements SupervisordBridge {
     const pc = managed.peers[change.index]
     this.#log.warn({ upstream: change.upstream, program: pc.program, reason: change.reason }, 'supervisord: stopping a failed peer (stopOnFailure)')
     this.#background(this.#accept(managed, pc, 'stop'))
+  }
+
+  /** The scaler decided: carry it out on the peer it chose (a stop drains first, as any stop). */
+  readonly #onScale = (event: ScaleEvent): void => {
+    const managed = this.#managed.get(event.upstream)
+    const pc = managed?.peers[event.index]
+    if (managed === undefined || pc === undefined || this.#closing.signal.aborted) return
+    this.#background(this.#accept(managed, pc, event.action))
   }
 
   /** A command nobody awaits: an error thrown by an event listener must not become an unhandled rejection. */

@@ -1,11 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { SupervisordClient, type SupervisordEndpoint } from '../../plugins/supervisord-client.js'
+import type { SupervisordClient, SupervisordEndpoint } from '../../plugins/supervisord-client.js'
+import { onPath, startDaemon, type ProgramConfig } from '../../example-app/supervisord-daemon.js'
 
 // A real supervisord per test, in a temp dir of its own, with real Node HTTP
 // backends as its programs. Everything listens on 127.0.0.1 or a socket in
@@ -13,10 +12,6 @@ import { SupervisordClient, type SupervisordEndpoint } from '../../plugins/super
 
 export const USERNAME = 'admin'
 export const PASSWORD = 'super'
-
-function onPath (command: string): boolean {
-  return (process.env.PATH ?? '').split(path.delimiter).some(dir => dir !== '' && existsSync(path.join(dir, command)))
-}
 
 const installed = onPath('supervisord')
 
@@ -110,62 +105,23 @@ export async function freePort (): Promise<number> {
   return port
 }
 
-function programSection (name: string, command: string, dir: string, extra: Record<string, string | number> = {}): string {
-  const lines = {
-    command,
-    autostart: 'false',
-    autorestart: 'false',
-    startsecs: 1,
-    startretries: 0,
-    stopsignal: 'TERM',
-    stopwaitsecs: 2,
-    redirect_stderr: 'true',
-    stdout_logfile: path.join(dir, `${name}.log`),
-    ...extra
-  }
-  return `[program:${name}]\n${Object.entries(lines).map(([k, v]) => `${k}=${v}`).join('\n')}\n`
-}
-
-async function configure (dir: string, port: number, options: SupervisordOptions): Promise<{ config: string, programs: BackendProgram[] }> {
+async function programsOf (dir: string, options: SupervisordOptions): Promise<{ configs: ProgramConfig[], programs: BackendProgram[] }> {
   const script = path.join(dir, 'backend.mjs')
   await writeFile(script, BACKEND_SCRIPT)
-  const sections = [
-    `[supervisord]
-nodaemon=true
-logfile=${path.join(dir, 'supervisord.log')}
-pidfile=${path.join(dir, 'supervisord.pid')}
-childlogdir=${dir}
-loglevel=info
-`,
-    `[inet_http_server]
-port=127.0.0.1:${port}
-username=${USERNAME}
-password=${PASSWORD}
-`,
-    `[unix_http_server]
-file=${path.join(dir, 'supervisor.sock')}
-username=${USERNAME}
-password=${PASSWORD}
-`,
-    `[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-`
-  ]
+  const configs: ProgramConfig[] = []
   const programs: BackendProgram[] = []
   for (const set of options.programs ?? [{ count: 2 }]) {
     for (let index = 0; index < set.count; index++) {
       const name = `${set.prefix ?? 'backend'}${index}`
       const backendPort = await freePort()
       programs.push({ name, index, port: backendPort, address: `127.0.0.1:${backendPort}` })
-      const env = [`SLOW_MS="${set.slowMs ?? 0}"`, `HEALTH_PATH="${set.healthPath ?? ''}"`].join(',')
+      const environment = [`SLOW_MS="${set.slowMs ?? 0}"`, `HEALTH_PATH="${set.healthPath ?? ''}"`].join(',')
       const command = `${process.execPath} ${script} ${index} ${backendPort} ${path.join(dir, `${name}.pid`)}`
-      sections.push(programSection(name, command, dir, { environment: env, startsecs: set.startsecs ?? 1 }))
+      configs.push({ name, command, startsecs: set.startsecs ?? 1, extra: { environment } })
     }
   }
-  for (const name of options.broken ?? []) sections.push(programSection(name, '/bin/false', dir))
-  const config = path.join(dir, 'supervisord.conf')
-  await writeFile(config, sections.join('\n'))
-  return { config, programs }
+  for (const name of options.broken ?? []) configs.push({ name, command: '/bin/false' })
+  return { configs, programs }
 }
 
 function alive (pid: number): boolean {
@@ -175,26 +131,6 @@ function alive (pid: number): boolean {
   } catch {
     return false
   }
-}
-
-async function exited (child: ChildProcess, ms: number): Promise<boolean> {
-  if (child.exitCode !== null || child.signalCode !== null) return true
-  return await Promise.race([
-    new Promise<boolean>(resolve => child.once('exit', () => resolve(true))),
-    sleep(ms, false, { ref: false })
-  ])
-}
-
-async function waitRunning (client: SupervisordClient, child: ChildProcess, log: string): Promise<void> {
-  const deadline = Date.now() + 10_000
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`supervisord exited with ${child.exitCode}: ${await readFile(log, 'utf8').catch(() => '')}`)
-    try {
-      if ((await client.getState()).statename === 'RUNNING') return
-    } catch {}
-    await sleep(50)
-  }
-  throw new Error('supervisord did not reach RUNNING within 10 s')
 }
 
 /** Starts supervisord and waits until getState says RUNNING. */
@@ -211,18 +147,11 @@ export async function startSupervisord (options: SupervisordOptions = {}): Promi
 
 async function launch (dir: string, options: SupervisordOptions, attempt = 1): Promise<Supervisord> {
   const port = await freePort()
-  const { config, programs } = await configure(dir, port, options)
-  const child = spawn('supervisord', ['-c', config], { stdio: 'ignore' })
-  const socket = path.join(dir, 'supervisor.sock')
-  const credentials = { username: USERNAME, password: PASSWORD }
-  const tcp: SupervisordEndpoint = { kind: 'tcp', host: '127.0.0.1', port, ...credentials }
-  const unix: SupervisordEndpoint = { kind: 'unix', path: socket, ...credentials }
-  const client = new SupervisordClient(tcp, { timeout: 2000 })
+  const { configs, programs } = await programsOf(dir, options)
+  let daemon
   try {
-    await waitRunning(client, child, path.join(dir, 'supervisord.log'))
+    daemon = await startDaemon({ dir, port, username: USERNAME, password: PASSWORD, programs: configs })
   } catch (error) {
-    child.kill('SIGKILL')
-    await exited(child, 2000)
     // The free port may have been taken between the probe and supervisord's bind.
     if (attempt < 3 && /Address already in use|Another program/.test(String(error))) return await launch(dir, options, attempt + 1)
     throw error
@@ -238,14 +167,7 @@ async function launch (dir: string, options: SupervisordOptions, attempt = 1): P
     if (stopped) return
     stopped = true
     const pids = await backendPids()
-    // supervisord notices a signal only at its next 1 s tick, and takes two more to reap children
-    // on its own; stopped over RPC first (which keeps its loop busy), they are gone at once.
-    if (child.exitCode === null) await client.call('stopAllProcesses', [false]).catch(() => {})
-    child.kill('SIGTERM')
-    if (!await exited(child, 5000)) {
-      child.kill('SIGKILL')
-      await exited(child, 2000)
-    }
+    await daemon.stop()
     for (const pid of pids) {
       if (alive(pid)) process.kill(pid, 'SIGKILL')
     }
@@ -254,15 +176,15 @@ async function launch (dir: string, options: SupervisordOptions, attempt = 1): P
 
   return {
     dir,
-    pid: child.pid as number,
+    pid: daemon.pid,
     address: `127.0.0.1:${port}`,
     port,
-    socket,
+    socket: daemon.unix.kind === 'unix' ? daemon.unix.path : '',
     programs,
-    option: { address: `127.0.0.1:${port}`, ...credentials },
-    tcp,
-    unix,
-    client,
+    option: { address: `127.0.0.1:${port}`, username: USERNAME, password: PASSWORD },
+    tcp: daemon.tcp,
+    unix: daemon.unix,
+    client: daemon.client,
     backendPids,
     stop
   }
