@@ -1,0 +1,193 @@
+import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
+import type { Peer } from './peer.js'
+import type { ScaleEvent, Upstream } from './registry.js'
+import { booleanOption, numberOption, objectOption, optionError } from './options.js'
+
+export interface ScaleOptions {
+  /** Peers kept running whatever the load (default 0: an idle upstream stops everything). */
+  minRunning?: number
+  /** Peers running at most (default all). */
+  maxRunning?: number
+  /** Requests per second per running peer above which another is started (default 100). */
+  loadThreshold?: number
+  /** ms between two decisions on request rate (default 60000). */
+  window?: number
+  /** Stop a peer after a window with no request at all (default true). */
+  idleStop?: boolean
+  /** Mean in-flight requests per running peer that starts another at once (default off). */
+  targetInFlight?: number
+  /** ms over which in-flight must stay above `targetInFlight`; no scale-down within it (default 6000). */
+  panicWindow?: number
+}
+
+declare module './registry.js' {
+  interface UpstreamOptions {
+    /** Load-based scaling of the peers supervisord runs (the fair patch of ngx_supervisord). */
+    scale?: ScaleOptions
+  }
+}
+
+const SCALE_KEYS = ['minRunning', 'maxRunning', 'loadThreshold', 'window', 'idleStop', 'targetInFlight', 'panicWindow']
+const MAX_TIMER = 2 ** 31 - 1
+const PANIC_SAMPLES = 6
+// The seed's rule: below 40% of the threshold, one peer fewer would do.
+const LOW_LOAD = 0.4
+
+function settings (upstream: Upstream) {
+  const where = `upstream "${upstream.name}"`
+  const raw = objectOption(upstream.options.scale, where, 'scale', SCALE_KEYS) as ScaleOptions
+  const n = upstream.peers.length
+  const minRunning = numberOption(raw.minRunning, 0, where, 'scale.minRunning', { min: 0, max: n, integer: true })
+  const maxRunning = numberOption(raw.maxRunning, n, where, 'scale.maxRunning', { min: 1, max: n, integer: true })
+  if (minRunning > maxRunning) {
+    throw optionError(where, `option "scale.minRunning" (${minRunning}) must not exceed "scale.maxRunning" (${maxRunning})`)
+  }
+  const loadThreshold = numberOption(raw.loadThreshold, 100, where, 'scale.loadThreshold', { min: Number.MIN_VALUE })
+  return {
+    minRunning,
+    maxRunning,
+    loadThreshold,
+    window: numberOption(raw.window, 60_000, where, 'scale.window', { min: 10, max: MAX_TIMER }),
+    idleStop: booleanOption(raw.idleStop, true, where, 'scale.idleStop'),
+    targetInFlight: raw.targetInFlight === undefined ? undefined : numberOption(raw.targetInFlight, 0, where, 'scale.targetInFlight', { min: Number.MIN_VALUE }),
+    panicWindow: numberOption(raw.panicWindow, 6000, where, 'scale.panicWindow', { min: 10, max: MAX_TIMER })
+  }
+}
+
+type Settings = ReturnType<typeof settings>
+
+function running (peer: Peer): boolean {
+  return peer.process === 'up' || peer.process === 'starting'
+}
+
+/** One upstream's scaler: a decision every window on request rate, and a fast path on in-flight. */
+class UpstreamScaler {
+  readonly #fastify: FastifyInstance
+  readonly #upstream: Upstream
+  readonly #settings: Settings
+  #windowTimer: NodeJS.Timeout | undefined
+  #panicTimer: NodeJS.Timeout | undefined
+  #lastRequests = 0
+  #inflightSamples: number[] = []
+  #panicUntil = 0
+
+  constructor (fastify: FastifyInstance, upstream: Upstream, scaleSettings: Settings) {
+    this.#fastify = fastify
+    this.#upstream = upstream
+    this.#settings = scaleSettings
+  }
+
+  start (): void {
+    this.#lastRequests = this.#totalRequests()
+    this.#windowTimer = setTimeout(() => this.#onWindow(), this.#settings.window).unref()
+    if (this.#settings.targetInFlight !== undefined) {
+      this.#panicTimer = setTimeout(() => this.#onSample(), this.#settings.panicWindow / PANIC_SAMPLES).unref()
+    }
+  }
+
+  stop (): void {
+    clearTimeout(this.#windowTimer)
+    clearTimeout(this.#panicTimer)
+  }
+
+  #totalRequests (): number {
+    let total = 0
+    for (const peer of this.#upstream.peers) total += peer.requests
+    return total
+  }
+
+  #onWindow (): void {
+    const total = this.#totalRequests()
+    const requests = total - this.#lastRequests
+    this.#lastRequests = total
+    const up = this.#upstream.peers.filter(running)
+    const load = requests / (this.#settings.window / 1000) / Math.max(up.length, 1)
+    this.#decide(requests, load, up)
+    this.#windowTimer = setTimeout(() => this.#onWindow(), this.#settings.window).unref()
+  }
+
+  #decide (requests: number, load: number, up: Peer[]): void {
+    const { minRunning, maxRunning, loadThreshold, idleStop } = this.#settings
+    if (up.length < minRunning) {
+      this.#start(load, up.length, 'min running')
+    } else if (load > loadThreshold) {
+      if (up.length < maxRunning) this.#start(load, up.length, 'load')
+    } else if (Date.now() < this.#panicUntil || up.length <= minRunning) {
+      // in a burst, or already at the floor: keep what runs
+    } else if (requests === 0) {
+      if (idleStop) this.#stop(load, up, 'idle')
+    } else if (load < LOW_LOAD * loadThreshold && up.length > 1) {
+      this.#stop(load, up, 'low load')
+    }
+  }
+
+  #onSample (): void {
+    const { targetInFlight, panicWindow } = this.#settings
+    const up = this.#upstream.peers.filter(running)
+    let inflight = 0
+    for (const peer of this.#upstream.peers) inflight += peer.inflight
+    const samples = this.#inflightSamples
+    samples.push(inflight / Math.max(up.length, 1))
+    if (samples.length > PANIC_SAMPLES) samples.shift()
+    const mean = samples.reduce((a, b) => a + b, 0) / samples.length
+    if (samples.length >= 2 && mean > (targetInFlight as number)) {
+      this.#panicUntil = Date.now() + panicWindow
+      // One at a time: wait for the last start to land before asking again.
+      if (up.length < this.#settings.maxRunning && !up.some(peer => peer.process === 'starting')) {
+        this.#start(mean, up.length, 'in-flight')
+        samples.length = 0
+      }
+    }
+    this.#panicTimer = setTimeout(() => this.#onSample(), panicWindow / PANIC_SAMPLES).unref()
+  }
+
+  #start (load: number, runningCount: number, reason: ScaleEvent['reason']): void {
+    const peer = this.#upstream.peers.find(p => p.process === 'down' && p.admin !== 'maint')
+    if (peer !== undefined) this.#emit('start', peer, load, runningCount, reason)
+  }
+
+  #stop (load: number, up: Peer[], reason: ScaleEvent['reason']): void {
+    const peer = up.filter(p => p.process === 'up').pop()
+    if (peer !== undefined) this.#emit('stop', peer, load, up.length, reason)
+  }
+
+  #emit (action: ScaleEvent['action'], peer: Peer, load: number, runningCount: number, reason: ScaleEvent['reason']): void {
+    const event: ScaleEvent = {
+      upstream: this.#upstream.name,
+      action,
+      index: peer.index,
+      load: Math.round(load * 100) / 100,
+      running: runningCount,
+      threshold: reason === 'in-flight' ? this.#settings.targetInFlight as number : this.#settings.loadThreshold,
+      reason,
+      at: Date.now()
+    }
+    this.#fastify.log.info(event, `scale ${action} ${this.#upstream.name}${peer.index}: ${reason}`)
+    this.#fastify.upstreams.emit('scale', event)
+  }
+}
+
+/**
+ * Load-based scaling, the rule of ngx_supervisord's fair patch: every window,
+ * load = requests per second per running peer; above the threshold start one,
+ * idle or under 40% of it stop one, never below minRunning. Decisions are
+ * registry `scale` events; the supervisord bridge carries them out (stops
+ * drain first).
+ */
+async function scalerPlugin (fastify: FastifyInstance): Promise<void> {
+  fastify.upstreams.claim('scale')
+  const scalers: UpstreamScaler[] = []
+  for (const upstream of fastify.upstreams.upstreams.values()) {
+    if (upstream.options.scale === undefined) continue
+    scalers.push(new UpstreamScaler(fastify, upstream, settings(upstream)))
+  }
+  fastify.addHook('onReady', async () => { for (const scaler of scalers) scaler.start() })
+  fastify.addHook('onClose', async () => { for (const scaler of scalers) scaler.stop() })
+}
+
+export default fp(scalerPlugin, {
+  name: 'fastify-supervisord-scaler',
+  fastify: '5.x',
+  dependencies: ['fastify-supervisord-registry', 'fastify-supervisord-bridge']
+})
