@@ -38,8 +38,16 @@ export interface Daemon {
   stop (): Promise<void>
 }
 
+/** Where `command` is found on the PATH, if it is. */
+export function which (command: string): string | undefined {
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    if (dir !== '' && existsSync(path.join(dir, command))) return path.join(dir, command)
+  }
+  return undefined
+}
+
 export function onPath (command: string): boolean {
-  return (process.env.PATH ?? '').split(path.delimiter).some(dir => dir !== '' && existsSync(path.join(dir, command)))
+  return which(command) !== undefined
 }
 
 function programSection (program: ProgramConfig, dir: string): string {

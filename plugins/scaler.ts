@@ -79,6 +79,9 @@ class UpstreamScaler {
   }
 
   start (): void {
+    // minRunning holds from the start, not from the end of the first window.
+    const up = this.#upstream.peers.filter(running)
+    for (let missing = this.#settings.minRunning - up.length; missing > 0; missing--) this.#start(0, up.length, 'min running')
     this.#lastRequests = this.#totalRequests()
     this.#windowTimer = setTimeout(() => this.#onWindow(), this.#settings.window).unref()
     if (this.#settings.targetInFlight !== undefined) {
@@ -143,6 +146,7 @@ class UpstreamScaler {
   }
 
   #start (load: number, runningCount: number, reason: ScaleEvent['reason']): void {
+    // A peer already asked for is no longer down (the bridge sets it starting at once).
     const peer = this.#upstream.peers.find(p => p.process === 'down' && p.admin !== 'maint')
     if (peer !== undefined) this.#emit('start', peer, load, runningCount, reason)
   }
