@@ -21,6 +21,10 @@ export interface SupervisordRoutesOptions {
   upstream: string
   /** Where the routes are mounted (default `/_supervisord`: `/_supervisord/start/:backend`, `/_supervisord/stop/:backend`). */
   prefix?: string
+  /** Path of the start route under the prefix (default `/start`; `/_start` with prefix `''` gives nginx's `/_start/N`). */
+  startPath?: string
+  /** Path of the stop route under the prefix (default `/stop`). */
+  stopPath?: string
   /** HTTP methods of both routes (default `['POST']`; `['GET', 'POST']` for links and curl without -X). */
   methods?: Array<'GET' | 'POST'>
   /** Client addresses let in: IPv4/IPv6 addresses and CIDRs (default loopback only when no `token` is set). */
@@ -29,7 +33,7 @@ export interface SupervisordRoutesOptions {
   token?: string
 }
 
-const ROUTE_OPTIONS = ['upstream', 'prefix', 'methods', 'allow', 'token']
+const ROUTE_OPTIONS = ['upstream', 'prefix', 'startPath', 'stopPath', 'methods', 'allow', 'token']
 const LOOPBACK = ['127.0.0.1', '::1']
 const INDEX = /^\d+$/
 
@@ -125,6 +129,14 @@ function methodsOption (value: unknown, where: string): Array<'GET' | 'POST'> {
   return [...new Set(value as Array<'GET' | 'POST'>)]
 }
 
+function routePath (value: unknown, fallback: string, where: string, name: string): string {
+  const path = stringOption(value, fallback, where, name)
+  if (!/^\/[A-Za-z0-9._~/-]*$/.test(path) || path.endsWith('/')) {
+    throw optionError(where, `option "${name}" must be a path like "/start" (no trailing slash), got ${showValue(path)}`)
+  }
+  return path
+}
+
 const digest = (text: string): Buffer => createHash('sha256').update(text).digest()
 
 function guard (allow: BlockList | undefined, token: string | undefined) {
@@ -164,8 +176,10 @@ async function routes (fastify: FastifyInstance, options: SupervisordRoutesOptio
   // Fastify has already applied a `prefix` given at register(); the default is applied here.
   const base = options.prefix === undefined ? '/_supervisord' : ''
   fastify.addHook('onRequest', guard(allow, token))
-  fastify.route({ method: methods, url: `${base}/start/:backend`, handler: commandHandler(fastify, upstream, 'start') })
-  fastify.route({ method: methods, url: `${base}/stop/:backend`, handler: commandHandler(fastify, upstream, 'stop') })
+  const startPath = routePath(options.startPath, '/start', where, 'startPath')
+  const stopPath = routePath(options.stopPath, '/stop', where, 'stopPath')
+  fastify.route({ method: methods, url: `${base}${startPath}/:backend`, handler: commandHandler(fastify, upstream, 'start') })
+  fastify.route({ method: methods, url: `${base}${stopPath}/:backend`, handler: commandHandler(fastify, upstream, 'stop') })
 }
 
 /** The start/stop routes of one upstream, mounted under a prefix and guarded (see SupervisordRoutesOptions). */
