@@ -4,7 +4,8 @@ import { pathToFileURL } from 'node:url'
 const benches: Record<string, () => Promise<{ run: () => Promise<void> }>> = {
   'balancer-cost': async () => await import('./balancer-cost.js'),
   'proxy-throughput': async () => await import('./proxy-throughput.js'),
-  'health-checks': async () => await import('./health-checks.js')
+  'health-checks': async () => await import('./health-checks.js'),
+  'cold-start': async () => await import('./cold-start.js')
 }
 
 export async function main (filter = process.argv[2] ?? ''): Promise<void> {
