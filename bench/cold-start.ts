@@ -6,18 +6,10 @@ import { fileURLToPath } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import { healthCheck, proxy, registry, supervisord, SupervisordClient } from '../index.js'
-import { onPath, startDaemon, type Daemon } from '../example-app/supervisord-daemon.js'
+import { freePort, onPath, startDaemon, type Daemon } from '../example-app/supervisord-daemon.js'
 import { median } from './load.js'
 
 const ROUNDS = 5
-
-async function freePort (): Promise<number> {
-  const server = net.createServer()
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as net.AddressInfo
-  await new Promise<void>(resolve => server.close(() => resolve()))
-  return port
-}
 
 async function gateway (daemon: Daemon, program: string, backend: string, checked: boolean): Promise<{ app: FastifyInstance, url: string }> {
   const app = Fastify({ logger: false })
@@ -49,6 +41,21 @@ async function timed (fn: () => Promise<unknown>): Promise<number> {
   const t0 = performance.now()
   await fn()
   return performance.now() - t0
+}
+
+/** ROUNDS first requests to a stopped backend, each answered, then the backend stopped again. */
+async function coldStarts (daemon: Daemon, program: string, backend: string, checked: boolean): Promise<number[]> {
+  const { app, url } = await gateway(daemon, program, backend, checked)
+  const times: number[] = []
+  try {
+    for (let i = 0; i < ROUNDS; i++) {
+      times.push(await timed(async () => await answered(url)))
+      await app.supervisord.execute('backend', 'stop', 0, { wait: true })
+    }
+  } finally {
+    await app.close()
+  }
+  return times
 }
 
 /**
@@ -84,24 +91,11 @@ export async function run (): Promise<void> {
       await client.stopProcess('backend0', true)
     }
 
-    const plain = await gateway(daemon, 'backend', `127.0.0.1:${ports[0]}`, false)
-    const cold: number[] = []
-    for (let i = 0; i < ROUNDS; i++) {
-      cold.push(await timed(async () => await answered(plain.url)))
-      await plain.app.supervisord.execute('backend', 'stop', 0, { wait: true })
-    }
-    await plain.app.close()
-
+    const cold = await coldStarts(daemon, 'backend', `127.0.0.1:${ports[0]}`, false)
     // program "slow0" has startsecs=3: the check sees it ready long before supervisord says RUNNING
     const checkedOwn = await timed(async () => await client.startProcess('slow0', true))
     await client.stopProcess('slow0', true)
-    const checked = await gateway(daemon, 'slow', `127.0.0.1:${ports[1]}`, true)
-    const early: number[] = []
-    for (let i = 0; i < ROUNDS; i++) {
-      early.push(await timed(async () => await answered(checked.url)))
-      await checked.app.supervisord.execute('backend', 'stop', 0, { wait: true })
-    }
-    await checked.app.close()
+    const early = await coldStarts(daemon, 'slow', `127.0.0.1:${ports[1]}`, true)
 
     const ownMs = median(own)
     const coldMs = median(cold)

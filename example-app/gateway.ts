@@ -1,6 +1,5 @@
 import { randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
-import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -10,7 +9,7 @@ import {
   registry, supervisord, healthCheck, proxy, scaler, statusPage, supervisordRoutes,
   type UpstreamOptions
 } from '../index.js'
-import { onPath, startDaemon, type Daemon } from './supervisord-daemon.js'
+import { freePort, onPath, startDaemon, type Daemon } from './supervisord-daemon.js'
 import { startExampleBackend } from './backend.js'
 
 export interface GatewaySettings {
@@ -34,14 +33,6 @@ export interface Gateway {
 }
 
 const BACKENDS = 3
-
-async function freePort (): Promise<number> {
-  const server = net.createServer()
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as net.AddressInfo
-  await new Promise<void>(resolve => server.close(() => resolve()))
-  return port
-}
 
 /** supervisord of our own in a temp dir: loopback only, generated credentials, backends as programs. */
 async function ownSupervisord (backendPort: number): Promise<{ daemon: Daemon, dir: string, option: UpstreamOptions['supervisord'] }> {

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { readFile, writeFile } from 'node:fs/promises'
+import net from 'node:net'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { SupervisordClient, type SupervisordEndpoint } from '../plugins/supervisord-client.js'
@@ -36,6 +37,18 @@ export interface Daemon {
   unix: SupervisordEndpoint
   /** Stops every program, then supervisord (SIGTERM, then SIGKILL after a bound). */
   stop (): Promise<void>
+}
+
+/** A port on 127.0.0.1 that is free right now. */
+export async function freePort (): Promise<number> {
+  const server = net.createServer()
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => resolve())
+  })
+  const port = (server.address() as net.AddressInfo).port
+  await new Promise<void>(resolve => server.close(() => resolve()))
+  return port
 }
 
 /** Where `command` is found on the PATH, if it is. */

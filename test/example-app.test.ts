@@ -4,7 +4,7 @@ import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { skip, until } from './helpers/supervisord.js'
+import { alive, skip, until } from './helpers/supervisord.js'
 import { which } from '../example-app/supervisord-daemon.js'
 
 // `npm start` for real, in both modes; everything it starts must be gone after SIGTERM.
@@ -33,15 +33,6 @@ async function freeRun (): Promise<number> {
     if (await portFree(base) && await portFree(base + 1) && await portFree(base + 2) && await portFree(base + 3)) return base
   }
   throw new Error('no run of four free ports found')
-}
-
-function alive (pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
 }
 
 async function npmStart (t: Test, env: Record<string, string>): Promise<Started> {

@@ -1,8 +1,7 @@
-import net from 'node:net'
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { SupervisordCallError, SupervisordClient, isUnavailable } from '../plugins/supervisord-client.js'
 import { startBackend } from './helpers/backends.js'
-import { freePort, getDirect, serving, skip, startSupervisord } from './helpers/supervisord.js'
+import { freePort, getDirect, hangingServer, serving, skip, startSupervisord } from './helpers/supervisord.js'
 
 /** Runs `call` and returns the SupervisordCallError it must fail with. */
 async function failure (call: () => Promise<unknown>): Promise<SupervisordCallError> {
@@ -13,18 +12,6 @@ async function failure (call: () => Promise<unknown>): Promise<SupervisordCallEr
     throw error
   }
   throw new Error('the call succeeded')
-}
-
-/** A TCP server on 127.0.0.1 that accepts connections and never answers: a hanging supervisord. */
-async function hangingServer (t: Test): Promise<number> {
-  const sockets = new Set<net.Socket>()
-  const server = net.createServer(socket => { sockets.add(socket) })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', () => resolve()))
-  t.teardown(async () => {
-    for (const socket of sockets) socket.destroy()
-    await new Promise<void>(resolve => server.close(() => resolve()))
-  })
-  return (server.address() as net.AddressInfo).port
 }
 
 t.test('a hanging supervisord: every call ends with TIMEOUT within its bound', async t => {

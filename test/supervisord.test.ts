@@ -1,4 +1,3 @@
-import net from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import registry, { type CommandEvent, type RegistryOptions } from '../plugins/registry.js'
@@ -6,7 +5,7 @@ import supervisord, { type SupervisordBridgeOptions } from '../plugins/superviso
 import proxy from '../plugins/proxy.js'
 import { SupervisordClient } from '../plugins/supervisord-client.js'
 import type { PeerChange } from '../plugins/peer.js'
-import { freePort, getDirect, serving, skip, startSupervisord, until, type Supervisord } from './helpers/supervisord.js'
+import { freePort, getDirect, hangingServer, serving, skip, startSupervisord, until, type Supervisord } from './helpers/supervisord.js'
 
 interface App {
   app: FastifyInstance
@@ -394,14 +393,7 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
 })
 
 t.test('a hanging supervisord: commands fail with TIMEOUT within callTimeout, close does not wait for them', async t => {
-  const sockets = new Set<net.Socket>()
-  const server = net.createServer(socket => { sockets.add(socket) })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', () => resolve()))
-  t.teardown(async () => {
-    for (const socket of sockets) socket.destroy()
-    await new Promise<void>(resolve => server.close(() => resolve()))
-  })
-  const address = `127.0.0.1:${(server.address() as net.AddressInfo).port}`
+  const address = `127.0.0.1:${await hangingServer(t)}`
   const { app, commands } = await bridgeApp(t, { backend: { servers: ['127.0.0.1:1', '127.0.0.1:2'], supervisord: address } }, { callTimeout: 300 })
   const started = Date.now()
   await app.ready()

@@ -1,10 +1,13 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import net from 'node:net'
+import type { Test } from 'tap'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { SupervisordClient, SupervisordEndpoint } from '../../plugins/supervisord-client.js'
-import { onPath, startDaemon, type ProgramConfig } from '../../example-app/supervisord-daemon.js'
+import { freePort, onPath, startDaemon, type ProgramConfig } from '../../example-app/supervisord-daemon.js'
+
+export { freePort }
 
 // A real supervisord per test, in a temp dir of its own, with real Node HTTP
 // backends as its programs. Everything listens on 127.0.0.1 or a socket in
@@ -93,18 +96,6 @@ process.on('SIGTERM', () => { server.close(); server.closeAllConnections(); proc
 setTimeout(() => process.exit(0), 120_000).unref()
 `
 
-/** A port on 127.0.0.1 that is free right now. */
-export async function freePort (): Promise<number> {
-  const server = net.createServer()
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => resolve())
-  })
-  const port = (server.address() as net.AddressInfo).port
-  await new Promise<void>(resolve => server.close(() => resolve()))
-  return port
-}
-
 async function programsOf (dir: string, options: SupervisordOptions): Promise<{ configs: ProgramConfig[], programs: BackendProgram[] }> {
   const script = path.join(dir, 'backend.mjs')
   await writeFile(script, BACKEND_SCRIPT)
@@ -124,7 +115,7 @@ async function programsOf (dir: string, options: SupervisordOptions): Promise<{ 
   return { configs, programs }
 }
 
-function alive (pid: number): boolean {
+export function alive (pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
@@ -188,6 +179,18 @@ async function launch (dir: string, options: SupervisordOptions, attempt = 1): P
     backendPids,
     stop
   }
+}
+
+/** A TCP server on 127.0.0.1 that accepts connections and never answers: a hanging supervisord. Returns its port. */
+export async function hangingServer (t: Test): Promise<number> {
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer(socket => { sockets.add(socket) })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', () => resolve()))
+  t.teardown(async () => {
+    for (const socket of sockets) socket.destroy()
+    await new Promise<void>(resolve => server.close(() => resolve()))
+  })
+  return (server.address() as net.AddressInfo).port
 }
 
 /** Polls `check` every 25 ms until it is true; false if `ms` passed first. */
