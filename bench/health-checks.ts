@@ -3,10 +3,12 @@ import net from 'node:net'
 import v8 from 'node:v8'
 import vm from 'node:vm'
 import { pathToFileURL } from 'node:url'
-import Fastify from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import registry from '../plugins/registry.js'
 import health from '../plugins/health.js'
+import proxy from '../plugins/proxy.js'
 import { startBackendProcess } from './backends-process.js'
+import { median, runLoad } from './load.js'
 
 const PEERS = 1000
 const INTERVAL = 1000
@@ -59,6 +61,48 @@ async function bareRounds (ports: number[], until: number): Promise<void> {
   }
 }
 
+async function checker (ports: number[]): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false })
+  await app.register(registry, {
+    upstreams: { bench: { servers: ports.map(port => `127.0.0.1:${port}`), healthCheck: { interval: INTERVAL } } }
+  })
+  await app.register(health)
+  await app.ready()
+  return app
+}
+
+/**
+ * p99 of a balancing proxy (two backends, moderate load) with the
+ * checker idle and with it checking every peer, alternated so that drift
+ * hits both alike; medians of the rounds.
+ */
+async function proxyP99 (ports: number[]): Promise<{ idle: number, checking: number }> {
+  // The proxied backends live apart from the 1000 checked ones, so a busier
+  // backend process is not mistaken for a slower proxy.
+  const served = await startBackendProcess(2)
+  const front = Fastify({ logger: false })
+  await front.register(registry, { upstreams: { front: { servers: served.ports.map(port => `127.0.0.1:${port}`) } } })
+  await front.register(proxy, { upstream: 'front', disableRequestLogging: true })
+  await front.listen({ port: 0, host: '127.0.0.1' })
+  const url = `http://127.0.0.1:${(front.server.address() as net.AddressInfo).port}/`
+  const job = { url, connections: 8, warmupMs: 500, ms: 3000, maxRequests: 1_000_000 }
+  const idle: number[] = []
+  const checking: number[] = []
+  try {
+    for (let round = 0; round < 3; round++) {
+      idle.push((await runLoad(job)).p99)
+      const app = await checker(ports)
+      await sleep(WARMUP_MS)
+      checking.push((await runLoad(job)).p99)
+      await app.close()
+    }
+  } finally {
+    await front.close()
+    served.child.disconnect()
+  }
+  return { idle: median(idle), checking: median(checking) }
+}
+
 /**
  * Active http checks of up to 1000 peers (backends in a child process) at an
  * interval of 1 s: checks per second achieved, CPU time of this process as a
@@ -70,13 +114,8 @@ export async function run (): Promise<void> {
   const { ports, child } = await startBackendProcess(peers)
   collect()
   const before = process.memoryUsage()
-  const app = Fastify({ logger: false })
-  await app.register(registry, {
-    upstreams: { bench: { servers: ports.map(port => `127.0.0.1:${port}`), healthCheck: { interval: INTERVAL } } }
-  })
-  await app.register(health)
+  const app = await checker(ports)
   try {
-    await app.ready()
     await sleep(WARMUP_MS)
     const checked = await cpuDuring(MEASURE_MS, async until => await sleep(until - Date.now()))
     const peak = process.memoryUsage()
@@ -84,6 +123,7 @@ export async function run (): Promise<void> {
     const after = process.memoryUsage()
     await app.close()
     const floor = await cpuDuring(MEASURE_MS, async until => await bareRounds(ports, until))
+    const p99 = await proxyP99(ports)
 
     const results = app.upstreams.get('bench').peers.flatMap(peer => peer.checks.filter(check => check.at >= checked.from && check.at < checked.to))
     const failed = results.filter(check => !check.ok).length
@@ -96,6 +136,8 @@ export async function run (): Promise<void> {
     console.log(`  bare sockets     ${floor.percent.toFixed(1)}% of one core for the same connections without the checker (the floor on this machine)`)
     console.log(`memory added       RSS ${mb(peak.rss - before.rss)} MB, heap ${mb(peak.heapUsed - before.heapUsed)} MB before a full GC; ` +
       `RSS ${mb(after.rss - before.rss)} MB, heap ${mb(after.heapUsed - before.heapUsed)} MB after  (target < 50 MB)`)
+    console.log(`proxy p99          ${p99.idle.toFixed(2)} ms without checks, ${p99.checking.toFixed(2)} ms while checking ${peers} peers: ` +
+      `${((p99.checking / p99.idle - 1) * 100).toFixed(1)}%  (target within 5%)`)
   } finally {
     await app.close()
     child.disconnect()

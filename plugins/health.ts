@@ -59,6 +59,8 @@ interface HealthSettings {
 }
 
 const MAX_TIMER = 2 ** 31 - 1
+/** ms at most between the first checks of two peers of an upstream. */
+const SPREAD_STEP = 10
 const CHECK_OPTIONS = ['interval', 'jitter', 'timeout', 'rise', 'fall', 'type', 'method', 'path', 'headers', 'status', 'body',
   'maxBody', 'initialState']
 const HTTP_ONLY = ['method', 'path', 'headers', 'status', 'body', 'maxBody']
@@ -162,9 +164,14 @@ class PeerChecker {
   /** The process came (back) up during a check: check again as soon as it ends. */
   #again = false
   #started = false
+  readonly #offset: number
 
-  constructor (peer: Peer, settings: HealthSettings, history: number, log: FastifyBaseLogger) {
+  constructor (peer: Peer, settings: HealthSettings, history: number, log: FastifyBaseLogger, peers: number) {
     this.#peer = peer
+    // The first round is spread over the interval (as HAProxy does), at most
+    // SPREAD_STEP apart, so that a large upstream is not checked in one burst
+    // while a small one is still checked at once.
+    this.#offset = peer.index * Math.min(settings.interval / peers, SPREAD_STEP)
     this.#settings = settings
     this.#history = history
     this.#log = log
@@ -173,7 +180,7 @@ class PeerChecker {
 
   start (): void {
     this.#started = true
-    if (checkable(this.#peer.process)) this.#schedule(Math.random() * this.#settings.jitter)
+    if (checkable(this.#peer.process)) this.#schedule(this.#offset + Math.random() * this.#settings.jitter)
   }
 
   processChanged (state: ProcessState): void {
@@ -285,7 +292,7 @@ async function healthPlugin (fastify: FastifyInstance, options: HealthPluginOpti
   for (const upstream of registry.upstreams.values()) {
     if (upstream.options.healthCheck === undefined) continue
     const settings = healthSettings(upstream.options.healthCheck, `upstream "${upstream.name}"`)
-    checkers.set(upstream.name, upstream.peers.map(peer => new PeerChecker(peer, settings, history, fastify.log)))
+    checkers.set(upstream.name, upstream.peers.map(peer => new PeerChecker(peer, settings, history, fastify.log, upstream.peers.length)))
   }
 
   function onChange (change: PeerChange): void {
