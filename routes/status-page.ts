@@ -78,12 +78,20 @@ interface SupervisordSections {
   supervisordName?: string
 }
 
+const described = new WeakMap<Upstream, { label: string, programPrefix: string }>()
+
+/** An upstream's supervisord label (never with credentials) and program prefix, worked out once per upstream. */
 function supervisordOf (upstream: Upstream): { label: string, programPrefix: string } {
-  const { supervisord = 'none', supervisordName } = upstream.options as SupervisordSections
-  return {
-    label: supervisordLabel(parseSupervisord(supervisord, `upstream "${upstream.name}"`)),
-    programPrefix: typeof supervisordName === 'string' && supervisordName !== '' ? supervisordName : upstream.name
+  let description = described.get(upstream)
+  if (description === undefined) {
+    const { supervisord = 'none', supervisordName } = upstream.options as SupervisordSections
+    description = {
+      label: supervisordLabel(parseSupervisord(supervisord, `upstream "${upstream.name}"`)),
+      programPrefix: typeof supervisordName === 'string' && supervisordName !== '' ? supervisordName : upstream.name
+    }
+    described.set(upstream, description)
   }
+  return description
 }
 
 function checkStatus (check: CheckResult, now: number): CheckStatus {
