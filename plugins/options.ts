@@ -12,14 +12,17 @@ function show (value: unknown): string {
   try { return JSON.stringify(value) ?? String(value) } catch { return String(value) }
 }
 
-export interface NumberRange { min?: number, max?: number, integer?: boolean }
+/** `positive`: above 0 (for rates and thresholds, where any fraction will do). */
+export interface NumberRange { min?: number, max?: number, integer?: boolean, positive?: boolean }
 
 export function numberOption (value: unknown, fallback: number, where: string, name: string, range: NumberRange = {}): number {
   if (value === undefined) return fallback
-  const { min = 0, max = Number.MAX_SAFE_INTEGER, integer = false } = range
-  if (typeof value !== 'number' || Number.isNaN(value) || value < min || value > max || (integer && !Number.isInteger(value))) {
+  const { min = 0, max = Number.MAX_SAFE_INTEGER, integer = false, positive = false } = range
+  const low = positive ? value as number <= 0 : value as number < min
+  if (typeof value !== 'number' || Number.isNaN(value) || low || value > max || (integer && !Number.isInteger(value))) {
     const kind = integer ? 'an integer' : 'a number'
-    throw optionError(where, `option "${name}" must be ${kind} from ${min} to ${max}, got ${show(value)}`)
+    const bounds = positive ? `greater than 0 (at most ${max})` : `from ${min} to ${max}`
+    throw optionError(where, `option "${name}" must be ${kind} ${bounds}, got ${show(value)}`)
   }
   return value
 }
@@ -44,16 +47,30 @@ export function oneOfOption<T extends string> (value: unknown, fallback: T, allo
   return value as T
 }
 
+/** Longest delay a Node timer takes: a larger ms option would fire at once. */
+const MAX_TIMER = 2 ** 31 - 1
+
+/** A delay in ms, from `min` to the longest a timer can wait. */
+export function durationOption (value: unknown, fallback: number, where: string, name: string, min = 1): number {
+  return numberOption(value, fallback, where, name, { min, max: MAX_TIMER })
+}
+
+/** Fails on a key that is not in `known` (most likely a typo), naming it. `section` prefixes nested names. */
+export function rejectUnknownOptions (options: object | undefined, known: readonly string[], where: string, section?: string): void {
+  for (const key of Object.keys(options ?? {})) {
+    if (!known.includes(key)) {
+      const name = section === undefined ? key : `${section}.${key}`
+      throw optionError(where, `unknown option "${name}" (known: ${known.join(', ')})`)
+    }
+  }
+}
+
 export function objectOption (value: unknown, where: string, name: string, known: readonly string[]): Record<string, unknown> {
   if (value === undefined) return {}
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw optionError(where, `option "${name}" must be an object, got ${show(value)}`)
   }
-  for (const key of Object.keys(value)) {
-    if (!known.includes(key)) {
-      throw optionError(where, `unknown option "${name}.${key}" (known: ${known.join(', ')})`)
-    }
-  }
+  rejectUnknownOptions(value, known, where, name)
   return value as Record<string, unknown>
 }
 

@@ -107,6 +107,11 @@ export class Peer {
   get health (): HealthState { return this.#health }
   get passive (): PassiveState { return this.#passive }
 
+  /** Its process runs or is being started: what scaling and `any` count as running. */
+  get running (): boolean {
+    return this.#process === 'up' || this.#process === 'starting'
+  }
+
   /**
    * A peer takes new requests when every dimension allows it. A starting
    * process counts once an active check has passed: readiness may come

@@ -6,7 +6,7 @@ import type { Peer } from './peer.js'
 import type { Upstream } from './registry.js'
 import { HoldQueue } from './hold-queue.js'
 import { NoPeerError, PeerConnectError, PeerTimeoutError } from './errors.js'
-import { booleanOption, numberOption, optionError, showValue, stringOption } from './options.js'
+import { booleanOption, durationOption, numberOption, optionError, rejectUnknownOptions, showValue, stringOption } from './options.js'
 
 export interface ProxyOptions {
   /** Name of the upstream (in the registry) to balance over. */
@@ -59,34 +59,32 @@ const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'
 const KNOWN_OPTIONS = ['upstream', 'prefix', 'rewritePrefix', 'httpMethods', 'connectTimeout', 'headersTimeout', 'bodyTimeout',
   'keepAliveTimeout', 'connections', 'nextUpstreamTries', 'failStatuses', 'peerHeader', 'retryAfter', 'maxHeld', 'holdTimeout',
   'disableRequestLogging']
-const MAX_TIMER = 2 ** 31 - 1
 
 function settings (options: ProxyOptions, upstream: Upstream) {
   const where = `proxy to upstream "${upstream.name}"`
-  for (const key of Object.keys(options)) {
-    if (!KNOWN_OPTIONS.includes(key)) throw optionError(where, `unknown option "${key}" (known: ${KNOWN_OPTIONS.join(', ')})`)
-  }
+  rejectUnknownOptions(options, KNOWN_OPTIONS, where)
   const failStatuses = options.failStatuses ?? []
   if (!Array.isArray(failStatuses) || !failStatuses.every(s => Number.isInteger(s) && s >= 500 && s <= 599)) {
     throw optionError(where, `option "failStatuses" must be a list of 5xx statuses, got ${showValue(failStatuses)}`)
   }
   const peerHeader = options.peerHeader === true ? 'x-upstream-peer' : options.peerHeader === false ? undefined : options.peerHeader
   if (peerHeader !== undefined) stringOption(peerHeader, '', where, 'peerHeader')
-  const prefix = stringOption(options.prefix, '/', where, 'prefix')
-  if (!prefix.startsWith('/')) throw optionError(where, `option "prefix" must start with "/", got ${showValue(prefix)}`)
+  // Fastify applies `prefix` to this plugin's context; it is only checked here.
+  if (!stringOption(options.prefix, '/', where, 'prefix').startsWith('/')) {
+    throw optionError(where, `option "prefix" must start with "/", got ${showValue(options.prefix)}`)
+  }
   return {
-    prefix,
-    connectTimeout: numberOption(options.connectTimeout, 5000, where, 'connectTimeout', { min: 1, max: MAX_TIMER }),
-    headersTimeout: numberOption(options.headersTimeout, 30_000, where, 'headersTimeout', { min: 1, max: MAX_TIMER }),
-    bodyTimeout: numberOption(options.bodyTimeout, 30_000, where, 'bodyTimeout', { min: 1, max: MAX_TIMER }),
-    keepAliveTimeout: numberOption(options.keepAliveTimeout, 4000, where, 'keepAliveTimeout', { min: 1, max: MAX_TIMER }),
+    connectTimeout: durationOption(options.connectTimeout, 5000, where, 'connectTimeout'),
+    headersTimeout: durationOption(options.headersTimeout, 30_000, where, 'headersTimeout'),
+    bodyTimeout: durationOption(options.bodyTimeout, 30_000, where, 'bodyTimeout'),
+    keepAliveTimeout: durationOption(options.keepAliveTimeout, 4000, where, 'keepAliveTimeout'),
     connections: options.connections === undefined ? undefined : numberOption(options.connections, 0, where, 'connections', { min: 1, integer: true }),
     tries: numberOption(options.nextUpstreamTries, 0, where, 'nextUpstreamTries', { min: 0, integer: true }) || upstream.peers.length,
     failStatuses: new Set(failStatuses),
     peerHeader,
     retryAfter: String(numberOption(options.retryAfter, 5, where, 'retryAfter', { min: 0, integer: true })),
     maxHeld: numberOption(options.maxHeld, 1000, where, 'maxHeld', { min: 0, integer: true }),
-    holdTimeout: numberOption(options.holdTimeout, 30_000, where, 'holdTimeout', { min: 1, max: MAX_TIMER }),
+    holdTimeout: durationOption(options.holdTimeout, 30_000, where, 'holdTimeout'),
     disableRequestLogging: booleanOption(options.disableRequestLogging, false, where, 'disableRequestLogging')
   }
 }

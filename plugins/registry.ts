@@ -5,7 +5,7 @@ import type { Balancer, BalancedUpstream, RoutableTiers } from '../balancers/bal
 import { BALANCER_NAMES, createBalancer, isBalancer, type BalancerName } from '../balancers/index.js'
 import type { HashKey } from '../balancers/hash.js'
 import { ADMIN_STATES, Peer, type AdminState, type PeerChange, type PeerOwner } from './peer.js'
-import { booleanOption, numberOption, optionError, showValue, splitHostPort } from './options.js'
+import { booleanOption, durationOption, numberOption, optionError, rejectUnknownOptions, showValue, splitHostPort } from './options.js'
 
 export interface ServerOptions {
   /** `host:port`, `[v6]:port` or `http://host:port`. */
@@ -292,9 +292,7 @@ function serverConfig (server: string | ServerOptions, index: number, where: str
   if (typeof options !== 'object' || options === null) {
     throw optionError(where, `must be an address string or an object with "address", got ${showValue(server)}`)
   }
-  for (const key of Object.keys(options)) {
-    if (!SERVER_KEYS.includes(key)) throw optionError(where, `unknown option "${key}" (known: ${SERVER_KEYS.join(', ')})`)
-  }
+  rejectUnknownOptions(options, SERVER_KEYS, where)
   return {
     index,
     ...parseAddress(options.address, where),
@@ -302,7 +300,7 @@ function serverConfig (server: string | ServerOptions, index: number, where: str
     backup: booleanOption(options.backup, false, where, 'backup'),
     down: booleanOption(options.down, false, where, 'down'),
     maxFails: numberOption(options.maxFails, 1, where, 'maxFails', { min: 0, integer: true }),
-    failTimeout: numberOption(options.failTimeout, 10_000, where, 'failTimeout', { min: 1, max: 2 ** 31 - 1 })
+    failTimeout: durationOption(options.failTimeout, 10_000, where, 'failTimeout')
   }
 }
 

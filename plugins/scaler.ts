@@ -2,7 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import type { Peer } from './peer.js'
 import type { ScaleEvent, Upstream } from './registry.js'
-import { booleanOption, numberOption, objectOption, optionError } from './options.js'
+import { booleanOption, durationOption, numberOption, objectOption, optionError } from './options.js'
 
 export interface ScaleOptions {
   /** Peers kept running whatever the load (default 0: an idle upstream stops everything). */
@@ -29,7 +29,6 @@ declare module './registry.js' {
 }
 
 const SCALE_KEYS = ['minRunning', 'maxRunning', 'loadThreshold', 'window', 'idleStop', 'targetInFlight', 'panicWindow']
-const MAX_TIMER = 2 ** 31 - 1
 const PANIC_SAMPLES = 6
 // The seed's rule: below 40% of the threshold, one peer fewer would do.
 const LOW_LOAD = 0.4
@@ -43,23 +42,19 @@ function settings (upstream: Upstream) {
   if (minRunning > maxRunning) {
     throw optionError(where, `option "scale.minRunning" (${minRunning}) must not exceed "scale.maxRunning" (${maxRunning})`)
   }
-  const loadThreshold = numberOption(raw.loadThreshold, 100, where, 'scale.loadThreshold', { min: Number.MIN_VALUE })
+  const loadThreshold = numberOption(raw.loadThreshold, 100, where, 'scale.loadThreshold', { positive: true })
   return {
     minRunning,
     maxRunning,
     loadThreshold,
-    window: numberOption(raw.window, 60_000, where, 'scale.window', { min: 10, max: MAX_TIMER }),
+    window: durationOption(raw.window, 60_000, where, 'scale.window', 10),
     idleStop: booleanOption(raw.idleStop, true, where, 'scale.idleStop'),
-    targetInFlight: raw.targetInFlight === undefined ? undefined : numberOption(raw.targetInFlight, 0, where, 'scale.targetInFlight', { min: Number.MIN_VALUE }),
-    panicWindow: numberOption(raw.panicWindow, 6000, where, 'scale.panicWindow', { min: 10, max: MAX_TIMER })
+    targetInFlight: raw.targetInFlight === undefined ? undefined : numberOption(raw.targetInFlight, 0, where, 'scale.targetInFlight', { positive: true }),
+    panicWindow: durationOption(raw.panicWindow, 6000, where, 'scale.panicWindow', 10)
   }
 }
 
 type Settings = ReturnType<typeof settings>
-
-function running (peer: Peer): boolean {
-  return peer.process === 'up' || peer.process === 'starting'
-}
 
 /** One upstream's scaler: a decision every window on request rate, and a fast path on in-flight. */
 class UpstreamScaler {
@@ -80,7 +75,7 @@ class UpstreamScaler {
 
   start (): void {
     // minRunning holds from the start, not from the end of the first window.
-    const up = this.#upstream.peers.filter(running)
+    const up = this.#upstream.peers.filter(peer => peer.running)
     for (let missing = this.#settings.minRunning - up.length; missing > 0; missing--) this.#start(0, up.length, 'min running')
     this.#lastRequests = this.#totalRequests()
     this.#windowTimer = setTimeout(() => this.#onWindow(), this.#settings.window).unref()
@@ -104,7 +99,7 @@ class UpstreamScaler {
     const total = this.#totalRequests()
     const requests = total - this.#lastRequests
     this.#lastRequests = total
-    const up = this.#upstream.peers.filter(running)
+    const up = this.#upstream.peers.filter(peer => peer.running)
     const load = requests / (this.#settings.window / 1000) / Math.max(up.length, 1)
     this.#decide(requests, load, up)
     this.#windowTimer = setTimeout(() => this.#onWindow(), this.#settings.window).unref()
@@ -127,7 +122,7 @@ class UpstreamScaler {
 
   #onSample (): void {
     const { targetInFlight, panicWindow } = this.#settings
-    const up = this.#upstream.peers.filter(running)
+    const up = this.#upstream.peers.filter(peer => peer.running)
     let inflight = 0
     for (const peer of this.#upstream.peers) inflight += peer.inflight
     const samples = this.#inflightSamples

@@ -36,7 +36,7 @@ async function load (app: FastifyInstance, concurrency: number, ms: number, paus
 t.test('bad scale options fail at registration naming the option', async t => {
   const cases: Array<[ScaleOptions, RegExp]> = [
     [{ minRunning: 3, maxRunning: 2 }, /upstream "backend": option "scale.minRunning" \(3\) must not exceed "scale.maxRunning" \(2\)/],
-    [{ loadThreshold: 0 }, /option "scale.loadThreshold" must be a number/],
+    [{ loadThreshold: 0 }, /option "scale.loadThreshold" must be a number greater than 0 .*got 0/],
     [{ loadThreshold: -5 }, /option "scale.loadThreshold"/],
     [{ minRunning: 4 }, /option "scale.minRunning" must be an integer from 0 to 3/],
     [{ window: 'soon' as never }, /option "scale.window" must be a number/],
