@@ -2,7 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { CheckResult, HealthState, Peer, PeerChange, ProcessState } from './peer.js'
 import { probe, DEFAULT_MAX_BODY, DEFAULT_PROBE_TIMEOUT, DEFAULT_STATUS, type ExpectedStatus, type ProbeOptions } from './health-probe.js'
-import { numberOption, objectOption, oneOfOption, optionError, showValue, stringOption } from './options.js'
+import { durationOption, numberOption, objectOption, oneOfOption, optionError, rejectUnknownOptions, showValue, stringOption } from './options.js'
 
 /** An upstream's `healthCheck` section: active checks of each of its peers. */
 export interface HealthCheckOptions {
@@ -58,7 +58,6 @@ interface HealthSettings {
   probe: ProbeOptions
 }
 
-const MAX_TIMER = 2 ** 31 - 1
 /** ms at most between the first checks of two peers of an upstream. */
 const SPREAD_STEP = 10
 const CHECK_OPTIONS = ['interval', 'jitter', 'timeout', 'rise', 'fall', 'type', 'method', 'path', 'headers', 'status', 'body',
@@ -74,10 +73,10 @@ const RESERVED_HEADERS = ['connection', 'content-length', 'transfer-encoding']
 function healthSettings (value: unknown, where: string): HealthSettings {
   const options = objectOption(value, where, 'healthCheck', CHECK_OPTIONS) as HealthCheckOptions
   const type = oneOfOption(options.type, 'http', ['http', 'tcp'], where, 'healthCheck.type')
-  const timeout = numberOption(options.timeout, DEFAULT_PROBE_TIMEOUT, where, 'healthCheck.timeout', { min: 1, max: MAX_TIMER })
+  const timeout = durationOption(options.timeout, DEFAULT_PROBE_TIMEOUT, where, 'healthCheck.timeout')
   const settings = {
-    interval: numberOption(options.interval, 10_000, where, 'healthCheck.interval', { min: 1, max: MAX_TIMER }),
-    jitter: numberOption(options.jitter, 0, where, 'healthCheck.jitter', { min: 0, max: MAX_TIMER }),
+    interval: durationOption(options.interval, 10_000, where, 'healthCheck.interval'),
+    jitter: durationOption(options.jitter, 0, where, 'healthCheck.jitter', 0),
     rise: numberOption(options.rise, 2, where, 'healthCheck.rise', { min: 1, max: 1000, integer: true }),
     fall: numberOption(options.fall, 2, where, 'healthCheck.fall', { min: 1, max: 1000, integer: true }),
     initialState: oneOfOption(options.initialState, 'unknown', ['unknown', 'down'], where, 'healthCheck.initialState')
@@ -144,10 +143,6 @@ function bodyOption (value: unknown, where: string): string | RegExp | undefined
   return stringOption(value, '', where, 'healthCheck.body')
 }
 
-function checkable (process: ProcessState): boolean {
-  return process === 'up' || process === 'starting'
-}
-
 /**
  * The checks of one peer: one at a time, the next scheduled when the previous
  * ends, none while its process is down or stopping.
@@ -180,12 +175,12 @@ class PeerChecker {
 
   start (): void {
     this.#started = true
-    if (checkable(this.#peer.process)) this.#schedule(this.#offset + Math.random() * this.#settings.jitter)
+    if (this.#peer.running) this.#schedule(this.#offset + Math.random() * this.#settings.jitter)
   }
 
   processChanged (state: ProcessState): void {
     if (!this.#started) return
-    if (checkable(state)) return this.#checkNow()
+    if (state === 'up' || state === 'starting') return this.#checkNow()
     this.#pause()
     if (state === 'down') {
       this.#peer.rise = 0
@@ -243,7 +238,7 @@ class PeerChecker {
 
   #next (): void {
     // A change listener may have started a check already, or stopped the process.
-    if (!this.#started || this.#running !== undefined || this.#timer !== undefined || !checkable(this.#peer.process)) return
+    if (!this.#started || this.#running !== undefined || this.#timer !== undefined || !this.#peer.running) return
     const again = this.#again
     this.#again = false
     this.#schedule(again ? 0 : this.#settings.interval + Math.random() * this.#settings.jitter)
@@ -281,9 +276,7 @@ class PeerChecker {
  * from onReady to onClose; close aborts the ones in flight.
  */
 async function healthPlugin (fastify: FastifyInstance, options: HealthPluginOptions): Promise<void> {
-  for (const key of Object.keys(options ?? {})) {
-    if (!PLUGIN_OPTIONS.includes(key)) throw optionError('health', `unknown option "${key}" (known: ${PLUGIN_OPTIONS.join(', ')})`)
-  }
+  rejectUnknownOptions(options, PLUGIN_OPTIONS, 'health')
   const history = numberOption(options?.history, 32, 'health', 'history', { min: 1, max: 10_000, integer: true })
   const registry = fastify.upstreams
   registry.claim('healthCheck')

@@ -1,4 +1,4 @@
-import { optionError, showValue, splitHostPort } from './options.js'
+import { optionError, showValue, splitHostPort, stringOption } from './options.js'
 
 /** Where an upstream's supervisord listens: `host:port`, `unix:/path/to.sock` or `none`. */
 export interface SupervisordOptions {
@@ -63,4 +63,19 @@ export function supervisordLabel (target: SupervisordTarget): string {
     case 'unix': return `unix:${target.path}`
     case 'tcp': return target.host.includes(':') ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`
   }
+}
+
+const PROGRAM = /^[A-Za-z0-9_.:-]+$/
+
+/**
+ * The supervisord program names of an upstream's peers, by index:
+ * `<supervisordName or upstream name><index>`, e.g. `[program:backend0]`.
+ * The one place that rule is written (the bridge and the status page use it).
+ */
+export function programNames (upstream: { name: string, peers: readonly unknown[] }, supervisordName: unknown, where: string): string[] {
+  const prefix = stringOption(supervisordName, upstream.name, where, 'supervisordName')
+  if (!PROGRAM.test(prefix)) {
+    throw optionError(where, `option "supervisordName" must be letters, digits, "_", ".", ":" or "-", got ${showValue(prefix)}`)
+  }
+  return upstream.peers.map((_, index) => `${prefix}${index}`)
 }

@@ -27,10 +27,6 @@ export const SUPERVISORD_FAULTS: Readonly<Record<number, string>> = {
   92: 'CANT_REREAD'
 }
 
-/** Failures of the call itself, not of supervisord's answer. */
-export const TRANSPORT_FAULTS = ['TIMEOUT', 'UNAUTHORIZED', 'UNREACHABLE', 'ABORTED', 'PROTOCOL'] as const
-export type TransportFault = typeof TRANSPORT_FAULTS[number]
-
 /** A fault that says supervisord could not be talked to (as opposed to a refusal of the command). */
 export function isUnavailable (fault: string | undefined): boolean {
   return fault === 'TIMEOUT' || fault === 'UNREACHABLE' || fault === 'ABORTED'
@@ -92,6 +88,8 @@ const VERBS: Record<string, string> = {
   getProcessInfo: 'read the state of'
 }
 
+interface CallDetails { method: string, program?: string }
+
 interface RawError extends Error {
   code?: string | number
   faultCode?: number
@@ -150,9 +148,8 @@ export class SupervisordClient {
   /** Any `supervisor.*` method; fails with a SupervisordCallError, never waits past the timeout. */
   async call<T> (method: string, params: unknown[], program?: string): Promise<T> {
     const details = { method, program }
-    if (this.#signal?.aborted === true) {
-      throw new SupervisordCallError(this.#message(details, 'the server is closing'), { ...details, fault: 'ABORTED' })
-    }
+    const closing = (): SupervisordCallError => this.#error(details, 'ABORTED', 'the server is closing')
+    if (this.#signal?.aborted === true) throw closing()
     const controller = new AbortController()
     return await new Promise<T>((resolve, reject) => {
       let settled = false
@@ -168,11 +165,9 @@ export class SupervisordClient {
           controller.abort()
         }
       }
-      const onClose = (): void => settle(new SupervisordCallError(this.#message(details, 'the server is closing'), { ...details, fault: 'ABORTED' }))
+      const onClose = (): void => settle(closing())
       // Not unref()ed: a caller awaiting the answer must get one even when nothing else keeps the process up.
-      const timer = setTimeout(() => {
-        settle(new SupervisordCallError(this.#message(details, `no answer within ${this.timeout} ms`), { ...details, fault: 'TIMEOUT' }))
-      }, this.timeout)
+      const timer = setTimeout(() => settle(this.#error(details, 'TIMEOUT', `no answer within ${this.timeout} ms`)), this.timeout)
       this.#signal?.addEventListener('abort', onClose, { once: true })
       this.#client(controller.signal).methodCall(`supervisor.${method}`, params, (error, value) => {
         settle(error === null || error === undefined ? null : this.#mapError(error as RawError, details), value as T)
@@ -193,30 +188,30 @@ export class SupervisordClient {
     return xmlrpc.createClient(options as Parameters<typeof xmlrpc.createClient>[0])
   }
 
-  #mapError (error: RawError, details: { method: string, program?: string }): SupervisordCallError {
+  #mapError (error: RawError, details: CallDetails): SupervisordCallError {
     if (typeof error.faultCode === 'number') {
       const fault = SUPERVISORD_FAULTS[error.faultCode] ?? /^([A-Z_]+)/.exec(error.faultString ?? '')?.[1] ?? 'UNKNOWN'
       // supervisord's fault strings read "SPAWN_ERROR: backend0"; others may not start with the name.
       const text = error.faultString ?? ''
-      return new SupervisordCallError(this.#message(details, text.startsWith(fault) ? text : `${fault}: ${text}`),
-        { ...details, fault, faultCode: error.faultCode }, error)
+      return this.#error(details, fault, text.startsWith(fault) ? text : `${fault}: ${text}`, error, error.faultCode)
     }
     const status = error.res?.statusCode
     // A 401 is an HTML page, which the package reports as "Unknown XML-RPC tag 'TITLE'".
     if (status === 401 || /Unknown XML-RPC tag 'TITLE'/.test(error.message)) {
       const given = this.target.username === undefined ? 'none were given' : `user "${this.target.username}"`
-      return new SupervisordCallError(this.#message(details, `supervisord rejected the credentials (HTTP 401, ${given})`),
-        { ...details, fault: 'UNAUTHORIZED' }, error)
+      return this.#error(details, 'UNAUTHORIZED', `supervisord rejected the credentials (HTTP 401, ${given})`, error)
     }
     if (typeof error.code === 'string' && UNREACHABLE_CODES.has(error.code)) {
-      return new SupervisordCallError(this.#message(details, `unreachable (${error.code})`), { ...details, fault: 'UNREACHABLE' }, error)
+      return this.#error(details, 'UNREACHABLE', `unreachable (${error.code})`, error)
     }
     const what = status !== undefined && status !== 200 ? `HTTP ${status}` : error.message
-    return new SupervisordCallError(this.#message(details, `bad answer: ${what}`), { ...details, fault: 'PROTOCOL' }, error)
+    return this.#error(details, 'PROTOCOL', `bad answer: ${what}`, error)
   }
 
-  #message ({ method, program }: { method: string, program?: string }, what: string): string {
+  /** `supervisord <label>: could not <start program "x">: <what>`, with its fault. */
+  #error (details: CallDetails, fault: string, what: string, cause?: unknown, faultCode?: number): SupervisordCallError {
+    const { method, program } = details
     const action = program === undefined ? method : `${VERBS[method] ?? method} program "${program}"`
-    return `supervisord ${this.label}: could not ${action}: ${what}`
+    return new SupervisordCallError(`supervisord ${this.label}: could not ${action}: ${what}`, { ...details, fault, faultCode }, cause)
   }
 }

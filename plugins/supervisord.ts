@@ -2,10 +2,10 @@ import fp from 'fastify-plugin'
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify'
 import type { Peer, PeerChange, ProcessState } from './peer.js'
 import type { DemandEvent, Registry, ScaleEvent, Upstream } from './registry.js'
-import { parseSupervisord, supervisordLabel, type SupervisordOptions, type SupervisordTarget } from './supervisord-address.js'
+import { parseSupervisord, programNames, supervisordLabel, type SupervisordOptions, type SupervisordTarget } from './supervisord-address.js'
 import { SupervisordCallError, SupervisordClient, type ProcessInfo } from './supervisord-client.js'
 import { BackendOutOfRangeError } from './errors.js'
-import { booleanOption, numberOption, optionError, showValue, stringOption } from './options.js'
+import { booleanOption, durationOption, optionError, rejectUnknownOptions, showValue } from './options.js'
 
 declare module './registry.js' {
   interface UpstreamOptions {
@@ -82,7 +82,7 @@ declare module 'fastify' {
 interface PeerControl {
   peer: Peer
   program: string
-  /** Bumped when a command is accepted: a run, or a poll, that sees it moved knows it is stale. */
+  /** Bumped when a command is accepted and when it ends: a run, or a poll, that sees it moved knows it is stale. */
   generation: number
   pending: { command: Command, done: Promise<ExecuteResult> } | undefined
   /** The end of the last command's supervisord call: calls on one peer are sent in order. */
@@ -113,13 +113,16 @@ interface Outcome { ok: boolean, fault?: string, reason?: string }
 
 const SECTIONS = ['supervisord', 'supervisordName', 'inheritBackendStatus', 'stopOnFailure']
 const PLUGIN_OPTIONS = ['callTimeout', 'pollInterval', 'antiFlap', 'drainTimeout']
-const MAX_TIMER = 2 ** 31 - 1
-const PROGRAM = /^[A-Za-z0-9_.:-]+$/
 const DRAIN_TICK = 20
 const TARGET: Record<Command, ProcessState> = { start: 'up', stop: 'down' }
 const MOVING: Record<Command, ProcessState> = { start: 'starting', stop: 'stopping' }
 /** The fault that means "it already is so": success, as ngx_supervisord counted it. */
 const DONE_ALREADY: Record<Command, string> = { start: 'ALREADY_STARTED', stop: 'NOT_RUNNING' }
+
+/** What execute() answers about an accepted command, with the peer's process state as it is now. */
+function resultOf (pc: PeerControl, command: Command, more: Pick<ExecuteResult, 'ok' | 'fault' | 'reason'> = {}): ExecuteResult {
+  return { upstream: pc.peer.upstream, command, backend: pc.peer.index, program: pc.program, accepted: true, state: pc.peer.process, ...more }
+}
 
 /** supervisord's process state codes as the registry's process dimension. */
 function processStateOf (info: ProcessInfo): ProcessState {
@@ -133,14 +136,12 @@ function processStateOf (info: ProcessInfo): ProcessState {
 
 function pluginSettings (options: SupervisordBridgeOptions) {
   const where = 'supervisord'
-  for (const key of Object.keys(options)) {
-    if (!PLUGIN_OPTIONS.includes(key)) throw optionError(where, `unknown option "${key}" (known: ${PLUGIN_OPTIONS.join(', ')})`)
-  }
+  rejectUnknownOptions(options, PLUGIN_OPTIONS, where)
   return {
-    callTimeout: numberOption(options.callTimeout, 5000, where, 'callTimeout', { min: 1, max: MAX_TIMER }),
-    pollInterval: numberOption(options.pollInterval, 10_000, where, 'pollInterval', { min: 0, max: MAX_TIMER }),
-    antiFlap: numberOption(options.antiFlap, 30_000, where, 'antiFlap', { min: 0, max: MAX_TIMER }),
-    drainTimeout: numberOption(options.drainTimeout, 30_000, where, 'drainTimeout', { min: 0, max: MAX_TIMER })
+    callTimeout: durationOption(options.callTimeout, 5000, where, 'callTimeout', 1),
+    pollInterval: durationOption(options.pollInterval, 10_000, where, 'pollInterval', 0),
+    antiFlap: durationOption(options.antiFlap, 30_000, where, 'antiFlap', 0),
+    drainTimeout: durationOption(options.drainTimeout, 30_000, where, 'drainTimeout', 0)
   }
 }
 
@@ -156,17 +157,14 @@ function upstreamSettings (upstream: Upstream) {
     return undefined
   }
   const target = parseSupervisord(options.supervisord, where)
-  const prefix = stringOption(options.supervisordName, upstream.name, where, 'supervisordName')
-  if (!PROGRAM.test(prefix)) {
-    throw optionError(where, `option "supervisordName" must be letters, digits, "_", ".", ":" or "-", got ${showValue(prefix)}`)
-  }
+  const programs = programNames(upstream, options.supervisordName, where)
   const stopOnFailure = booleanOption(options.stopOnFailure, false, where, 'stopOnFailure')
   if (stopOnFailure && target.kind === 'none') {
     throw optionError(where, 'option "stopOnFailure" needs a supervisord to stop the peer with (supervisord is "none")')
   }
   return {
     target,
-    prefix,
+    programs,
     inherit: booleanOption(options.inheritBackendStatus, false, where, 'inheritBackendStatus'),
     stopOnFailure
   }
@@ -186,6 +184,8 @@ class Bridge implements SupervisordBridge {
   #polling: Promise<void> | undefined
   /** Clients by target, shared by the upstreams that name the same supervisord. */
   readonly #clients = new Map<string, SupervisordClient>()
+  /** What one `getAllProcessInfo` call answers for: the peers of every upstream behind that client. */
+  readonly #polled = new Map<SupervisordClient, PeerControl[]>()
 
   constructor (registry: Registry, settings: Settings, log: FastifyBaseLogger) {
     this.#registry = registry
@@ -194,23 +194,26 @@ class Bridge implements SupervisordBridge {
     for (const upstream of registry.upstreams.values()) {
       const config = upstreamSettings(upstream)
       if (config === undefined) continue
+      const client = config.target.kind === 'none' ? undefined : this.#clientFor(config.target)
+      const peers = upstream.peers.map((peer): PeerControl => ({
+        peer,
+        program: config.programs[peer.index],
+        generation: 0,
+        pending: undefined,
+        chain: Promise.resolve(),
+        drained: false,
+        missing: false
+      }))
       this.#managed.set(upstream.name, {
         upstream,
         target: config.target,
-        client: config.target.kind === 'none' ? undefined : this.#clientFor(config.target),
+        client,
         stopOnFailure: config.stopOnFailure,
-        peers: upstream.peers.map(peer => ({
-          peer,
-          program: `${config.prefix}${peer.index}`,
-          generation: 0,
-          pending: undefined,
-          chain: Promise.resolve(),
-          drained: false,
-          missing: false
-        })),
+        peers,
         anyBusy: false,
         lastAny: -Infinity
       })
+      if (client !== undefined) this.#polled.set(client, [...(this.#polled.get(client) ?? []), ...peers])
       if (!config.inherit) {
         for (const peer of upstream.peers) peer.setProcess('down', 'not started yet')
       }
@@ -316,7 +319,7 @@ class Bridge implements SupervisordBridge {
 
   /** The highest-index running peer, never the last one running. */
   #stopCandidate (managed: Managed): PeerControl | undefined {
-    const running = managed.peers.filter(pc => pc.peer.process === 'up' || pc.peer.process === 'starting')
+    const running = managed.peers.filter(pc => pc.peer.running)
     return running.length > 1 ? running[running.length - 1] : undefined
   }
 
@@ -327,12 +330,11 @@ class Bridge implements SupervisordBridge {
    */
   #accept (managed: Managed, pc: PeerControl, command: Command): Accepted {
     const { peer } = pc
-    const base = { upstream: managed.upstream.name, command, backend: peer.index, program: pc.program }
     if (pc.pending?.command === command) {
-      return { result: { ...base, accepted: true, state: peer.process }, done: pc.pending.done }
+      return { result: resultOf(pc, command), done: pc.pending.done }
     }
     if (pc.pending === undefined && (peer.process === TARGET[command] || peer.process === MOVING[command])) {
-      const result = { ...base, accepted: true, state: peer.process, ok: true, reason: `already ${peer.process}` }
+      const result = resultOf(pc, command, { ok: true, reason: `already ${peer.process}` })
       return { result, done: Promise.resolve(result) }
     }
     if (managed.client === undefined) {
@@ -343,7 +345,7 @@ class Bridge implements SupervisordBridge {
     peer.setProcess(MOVING[command], `${command} requested`)
     const done = this.#run(managed, managed.client, pc, command, generation)
     pc.pending = { command, done }
-    return { result: { ...base, accepted: true, state: peer.process }, done }
+    return { result: resultOf(pc, command), done }
   }
 
   /** `none` mode: the command takes effect at once and listeners are told. */
@@ -351,7 +353,7 @@ class Bridge implements SupervisordBridge {
     pc.generation++
     pc.peer.setProcess(TARGET[command], `${command} (supervisord none)`)
     this.#emit(managed, pc, command, { ok: true })
-    return { upstream: managed.upstream.name, command, backend: pc.peer.index, program: pc.program, accepted: true, state: pc.peer.process, ok: true }
+    return resultOf(pc, command, { ok: true })
   }
 
   async #run (managed: Managed, client: SupervisordClient, pc: PeerControl, command: Command, generation: number): Promise<ExecuteResult> {
@@ -402,8 +404,11 @@ class Bridge implements SupervisordBridge {
   #finish (managed: Managed, pc: PeerControl, command: Command, generation: number, outcome: Outcome): ExecuteResult {
     const { peer } = pc
     // A later command owns the peer now: this one's end changes nothing but is still told.
-    if (pc.generation === generation) {
+    const current = pc.generation === generation
+    if (current) {
       pc.pending = undefined
+      // A poll sent before this end may answer after it: its (older) state must not win.
+      pc.generation++
       if (command === 'start') {
         peer.setProcess(outcome.ok ? 'up' : 'down', outcome.ok ? 'started' : outcome.fault)
         if (outcome.ok) this.#refreshPid(managed, pc)
@@ -412,7 +417,7 @@ class Bridge implements SupervisordBridge {
         if (outcome.ok) peer.pid = null
       }
     }
-    if (pc.drained && (pc.generation !== generation || command === 'stop')) {
+    if (pc.drained && (!current || command === 'stop')) {
       pc.drained = false
       if (peer.admin === 'drain') peer.setAdmin('ready', command === 'stop' && outcome.ok ? 'stopped' : 'stop did not happen')
     }
@@ -421,14 +426,16 @@ class Bridge implements SupervisordBridge {
         outcome.reason ?? `supervisord: ${command} failed`)
     }
     this.#emit(managed, pc, command, outcome)
-    return { upstream: managed.upstream.name, command, backend: peer.index, program: pc.program, accepted: true, state: peer.process, ...outcome }
+    return resultOf(pc, command, outcome)
   }
 
   /** The pid of a started program, for the status page (best effort: the next poll sets it too). */
   #refreshPid (managed: Managed, pc: PeerControl): void {
+    const generation = pc.generation
     managed.client?.getProcessInfo(pc.program).then(info => {
-      if (pc.pending === undefined && pc.peer.process === 'up') pc.peer.pid = info.pid > 0 ? info.pid : null
-    }, () => {})
+      // No command has moved the peer since the start ended, nor a poll seen it go.
+      if (pc.generation === generation && pc.peer.process === 'up') pc.peer.pid = info.pid > 0 ? info.pid : null
+    }, (error: Error) => this.#log.debug({ err: error, program: pc.program }, 'supervisord: could not read the pid of a started program'))
   }
 
   #emit (managed: Managed, pc: PeerControl, command: Command, outcome: Outcome): void {
@@ -474,16 +481,10 @@ class Bridge implements SupervisordBridge {
   }
 
   async #pollAll (): Promise<void> {
-    const byClient = new Map<SupervisordClient, Managed[]>()
-    for (const managed of this.#managed.values()) {
-      if (managed.client === undefined) continue
-      byClient.set(managed.client, [...(byClient.get(managed.client) ?? []), managed])
-    }
-    await Promise.all([...byClient].map(async ([client, upstreams]) => await this.#pollOne(client, upstreams)))
+    await Promise.all([...this.#polled].map(async ([client, peers]) => await this.#pollOne(client, peers)))
   }
 
-  async #pollOne (client: SupervisordClient, upstreams: Managed[]): Promise<void> {
-    const peers = upstreams.flatMap(m => m.peers)
+  async #pollOne (client: SupervisordClient, peers: readonly PeerControl[]): Promise<void> {
     const generations = peers.map(pc => pc.generation)
     let infos: ProcessInfo[]
     try {

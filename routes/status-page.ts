@@ -2,9 +2,9 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { AdminState, CheckResult, HealthState, PassiveState, Peer, ProcessState } from '../plugins/peer.js'
 import type { Registry, Upstream } from '../plugins/registry.js'
-import { parseSupervisord, supervisordLabel, type SupervisordOptions } from '../plugins/supervisord-address.js'
+import { parseSupervisord, programNames, supervisordLabel, type SupervisordOptions } from '../plugins/supervisord-address.js'
 import { BadQueryError } from '../plugins/errors.js'
-import { numberOption, optionError, showValue, stringOption } from '../plugins/options.js'
+import { numberOption, optionError, rejectUnknownOptions, showValue, stringOption } from '../plugins/options.js'
 
 export interface StatusPageOptions {
   /** Where the page is mounted (default '/health'). */
@@ -78,16 +78,23 @@ interface SupervisordSections {
   supervisordName?: string
 }
 
-const described = new WeakMap<Upstream, { label: string, programPrefix: string }>()
+interface SupervisordDescription {
+  label: string
+  /** Program names by peer index. */
+  programs: readonly string[]
+}
 
-/** An upstream's supervisord label (never with credentials) and program prefix, worked out once per upstream. */
-function supervisordOf (upstream: Upstream): { label: string, programPrefix: string } {
+const described = new WeakMap<Upstream, SupervisordDescription>()
+
+/** An upstream's supervisord label (never with credentials) and program names, worked out once per upstream. */
+function supervisordOf (upstream: Upstream): SupervisordDescription {
   let description = described.get(upstream)
   if (description === undefined) {
     const { supervisord = 'none', supervisordName } = upstream.options as SupervisordSections
+    const where = `upstream "${upstream.name}"`
     description = {
-      label: supervisordLabel(parseSupervisord(supervisord, `upstream "${upstream.name}"`)),
-      programPrefix: typeof supervisordName === 'string' && supervisordName !== '' ? supervisordName : upstream.name
+      label: supervisordLabel(parseSupervisord(supervisord, where)),
+      programs: programNames(upstream, supervisordName, where)
     }
     described.set(upstream, description)
   }
@@ -103,11 +110,11 @@ function checkStatus (check: CheckResult, now: number): CheckStatus {
   }
 }
 
-function peerStatus (peer: Peer, programPrefix: string, now: number): PeerStatus {
+function peerStatus (peer: Peer, program: string, now: number): PeerStatus {
   return {
     index: peer.index,
     address: peer.address,
-    program: `${programPrefix}${peer.index}`,
+    program,
     pid: peer.pid,
     process: peer.process,
     admin: peer.admin,
@@ -134,8 +141,8 @@ function peerStatus (peer: Peer, programPrefix: string, now: number): PeerStatus
 export function statusSnapshot (registry: Registry, status?: StatusFilter, now = Date.now()): StatusSnapshot {
   const upstreams: UpstreamStatus[] = []
   for (const upstream of registry.upstreams.values()) {
-    const { label, programPrefix } = supervisordOf(upstream)
-    const peers = upstream.peers.map(peer => peerStatus(peer, programPrefix, now))
+    const { label, programs } = supervisordOf(upstream)
+    const peers = upstream.peers.map(peer => peerStatus(peer, programs[peer.index], now))
     upstreams.push({
       name: upstream.name,
       balancer: upstream.balancer.name,
@@ -440,9 +447,7 @@ function queryValue<T extends string> (value: unknown, allowed: readonly T[], na
 
 function settings (options: StatusPageOptions) {
   const where = 'status page'
-  for (const key of Object.keys(options)) {
-    if (!KNOWN_OPTIONS.includes(key)) throw optionError(where, `unknown option "${key}" (known: ${KNOWN_OPTIONS.join(', ')})`)
-  }
+  rejectUnknownOptions(options, KNOWN_OPTIONS, where)
   const path = stringOption(options.path, '/health', where, 'path')
   if (!path.startsWith('/')) throw optionError(where, `option "path" must start with "/", got ${showValue(path)}`)
   return {
@@ -458,7 +463,7 @@ function settings (options: StatusPageOptions) {
  */
 async function statusPagePlugin (fastify: FastifyInstance, options: StatusPageOptions): Promise<void> {
   const config = settings(options ?? {})
-  // A malformed supervisord option fails here, at registration, rather than on the first visit.
+  // A malformed supervisord or supervisordName option fails here, at registration, rather than on the first visit.
   statusSnapshot(fastify.upstreams)
 
   fastify.get(config.path, async (request: FastifyRequest, reply: FastifyReply): Promise<StatusSnapshot | string> => {

@@ -4,8 +4,8 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
 import type { Command, ExecuteResult } from '../plugins/supervisord.js'
 import { isUnavailable } from '../plugins/supervisord-client.js'
-import { BackendOutOfRangeError, BadQueryError, ForbiddenError, SupervisordError, SupervisordUnavailableError } from '../plugins/errors.js'
-import { optionError, showValue, stringOption } from '../plugins/options.js'
+import { BadQueryError, ForbiddenError, SupervisordError, SupervisordUnavailableError } from '../plugins/errors.js'
+import { optionError, rejectUnknownOptions, showValue, stringOption } from '../plugins/options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -37,14 +37,13 @@ const ROUTE_OPTIONS = ['upstream', 'prefix', 'startPath', 'stopPath', 'methods',
 const LOOPBACK = ['127.0.0.1', '::1']
 const INDEX = /^\d+$/
 
-function backendParam (value: unknown, upstream: string, count: number): number | 'any' {
+/** The `:backend` param as execute() takes it; the range is the bridge's to check (404). */
+function backendParam (value: unknown, count: number): number | 'any' {
   if (value === 'any') return 'any'
   if (typeof value !== 'string' || !INDEX.test(value)) {
     throw new BadQueryError(`backend must be a peer index (0..${count - 1}) or "any", got ${showValue(value)}`)
   }
-  const index = Number(value)
-  if (index >= count) throw new BackendOutOfRangeError(upstream, value, count - 1)
-  return index
+  return Number(value)
 }
 
 function waitParam (query: unknown): boolean {
@@ -73,17 +72,15 @@ function answer (reply: FastifyReply, result: ExecuteResult, wait: boolean): Omi
  * supervisord's answer (200, or 502 with the fault; 503 when supervisord
  * cannot be reached).
  */
-export function commandHandler (fastify: FastifyInstance, upstream: string, command: Command): RouteHandlerMethod {
-  if (!fastify.hasDecorator('supervisord')) {
-    throw new Error('fastify-supervisord: the supervisord routes need the supervisord bridge plugin registered first')
-  }
+function commandHandler (fastify: FastifyInstance, upstream: string, command: Command): RouteHandlerMethod {
+  // Both plugins that call this declare the bridge as a dependency: fastify.supervisord is there.
   const bridge = fastify.supervisord
   if (!bridge.manages(upstream)) {
     throw new Error(`fastify-supervisord: upstream "${upstream}" has no "supervisord" option: there is nothing to ${command}`)
   }
   const count = fastify.upstreams.get(upstream).peers.length
   return async function supervisordCommand (request: FastifyRequest, reply: FastifyReply) {
-    const backend = backendParam((request.params as Record<string, unknown> | undefined)?.backend, upstream, count)
+    const backend = backendParam((request.params as Record<string, unknown> | undefined)?.backend, count)
     const wait = waitParam(request.query)
     return answer(reply, await bridge.execute(upstream, command, backend, { wait }), wait)
   }
@@ -163,16 +160,15 @@ function guard (allow: BlockList | undefined, token: string | undefined) {
  */
 async function routes (fastify: FastifyInstance, options: SupervisordRoutesOptions): Promise<void> {
   const where = `supervisord routes for upstream ${showValue(options?.upstream)}`
-  for (const key of Object.keys(options ?? {})) {
-    if (!ROUTE_OPTIONS.includes(key)) throw optionError(where, `unknown option "${key}" (known: ${ROUTE_OPTIONS.join(', ')})`)
-  }
+  rejectUnknownOptions(options, ROUTE_OPTIONS, where)
   if (typeof options.upstream !== 'string' || options.upstream === '') {
     throw optionError(where, `option "upstream" must name an upstream of the registry, got ${showValue(options.upstream)}`)
   }
   const upstream = options.upstream
   const methods = methodsOption(options.methods, where)
   const token = options.token === undefined ? undefined : stringOption(options.token, '', where, 'token')
-  const allow = options.allow === undefined && token === undefined ? allowList(LOOPBACK, where) : options.allow === undefined ? undefined : allowList(options.allow, where)
+  // Neither an allow-list nor a token: loopback only.
+  const allow = options.allow !== undefined || token === undefined ? allowList(options.allow ?? LOOPBACK, where) : undefined
   // Fastify has already applied a `prefix` given at register(); the default is applied here.
   const base = options.prefix === undefined ? '/_supervisord' : ''
   fastify.addHook('onRequest', guard(allow, token))
