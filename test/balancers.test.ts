@@ -2,8 +2,9 @@ import t from 'tap'
 import type { FastifyRequest } from 'fastify'
 import { Registry, type UpstreamOptions } from '../plugins/registry.js'
 import type { Peer } from '../plugins/peer.js'
-import { startBackend, startBackends } from './helpers/backends.js'
+import { backendFor, backendsFor, whoAmI } from './helpers/backends.js'
 import { gateway, backendsOf, countOf } from './helpers/gateway.js'
+import { until } from './helpers/wait.js'
 import { clientKey } from '../balancers/ip-hash.js'
 import { cookieValue } from '../balancers/hash.js'
 
@@ -38,14 +39,13 @@ t.test('round-robin: exclude skips tried peers; none left gives undefined', asyn
 
 t.test('fair: the next request goes to the idle peer while another holds a slow one (real backends)', async t => {
   let release: (() => void) | undefined
-  const slow = await startBackend(0, (_req, res) => { release = () => res.end('slow') })
-  const fast = await startBackend(1)
-  t.teardown(() => Promise.all([slow.close(), fast.close()]))
+  const slow = await backendFor(t, (_req, res) => { release = () => res.end('slow') }, 0)
+  const fast = await backendFor(t, whoAmI, 1)
   const app = await gateway({ b: { servers: [slow.address, fast.address], balancer: 'fair' } })
   t.teardown(() => app.close())
   const peers = app.upstreams.get('b').peers
   const first = app.inject('/')
-  for (let i = 0; i < 200 && release === undefined; i++) await new Promise(resolve => setTimeout(resolve, 5))
+  t.ok(await until(() => release !== undefined, 2000), 'the first request reached the slow peer')
   t.equal(peers[0].inflight, 1, 'the slow request is in flight on peer 0')
   t.same(await backendsOf(app, 5), [1, 1, 1, 1, 1], 'all new requests go to the idle peer')
   release?.()
@@ -135,16 +135,24 @@ t.test('hash: sticky on a header, a cookie, the URL or a function; consistent wh
   t.ok(moved <= 350, `at most ~35% remapped (${moved / 10}%)`)
   t.ok(after.every((p, i) => before[i] === 3 || p === before[i]), 'only the removed peer\'s keys moved')
 
+  // Each key kind: the same key sticks whatever else the request carries, and many keys spread.
+  const sids = keys.slice(0, 100)
   const byCookie = upstreamOf({ servers: servers(5), balancer: 'hash', hashKey: { cookie: 'sid' } })
-  const one = byCookie.pick(requestWith({ headers: { cookie: 'a=1; sid=abc; b=2' } }))
-  t.equal(byCookie.pick(requestWith({ headers: { cookie: 'sid=abc' } })), one)
+  const cookiePeers = sids.map(sid => byCookie.pick(requestWith({ url: '/a', headers: { cookie: `a=1; sid=${sid}; b=2` } }))?.index)
+  t.same(sids.map(sid => byCookie.pick(requestWith({ url: '/b', headers: { cookie: `sid=${sid}` } }))?.index), cookiePeers, 'a cookie: sticky')
+  t.equal(new Set(cookiePeers).size, 5, 'a cookie: spread')
   t.equal(cookieValue('a=1; sid=abc', 'sid'), 'abc')
   t.equal(cookieValue('a=1', 'sid'), undefined)
 
+  const urls = Array.from({ length: 100 }, (_, i) => `/x?${i}`)
   const byUrl = upstreamOf({ servers: servers(5), balancer: 'hash' })
-  t.equal(byUrl.pick(requestWith({ url: '/x?1' })), byUrl.pick(requestWith({ url: '/x?1' })))
+  const urlPeers = urls.map(url => byUrl.pick(requestWith({ url }))?.index)
+  t.same(urls.map(url => byUrl.pick(requestWith({ url, headers: { 'x-user': 'other' } }))?.index), urlPeers, 'the URL by default: sticky')
+  t.equal(new Set(urlPeers).size, 5, 'the URL with its query string: spread')
   const byFn = upstreamOf({ servers: servers(5), balancer: 'hash', hashKey: req => req.headers['x-tenant'] as string | undefined })
-  t.equal(byFn.pick(requestWith({ headers: { 'x-tenant': 't1' } })), byFn.pick(requestWith({ headers: { 'x-tenant': 't1' } })))
+  const fnPeers = sids.map(tenant => byFn.pick(requestWith({ url: '/a', headers: { 'x-tenant': tenant } }))?.index)
+  t.same(sids.map(tenant => byFn.pick(requestWith({ url: '/b', headers: { 'x-tenant': tenant } }))?.index), fnPeers, 'a function: sticky')
+  t.equal(new Set(fnPeers).size, 5, 'a function: spread')
   const noKey = countOf(Array.from({ length: 10 }, () => (byFn.pick(requestWith({})) as Peer).index))
   t.equal(noKey.size, 5, 'no key: round-robin over all peers')
 })
@@ -163,8 +171,7 @@ t.test('hash: backups only when every primary is down, weights widen a peer\'s s
 })
 
 t.test('a weight changed at run time moves the share', async t => {
-  const backends = await startBackends(2)
-  t.teardown(() => Promise.all(backends.map(b => b.close())))
+  const backends = await backendsFor(t, 2)
   const app = await gateway({ b: { servers: backends.map(b => b.address) } })
   t.teardown(() => app.close())
   t.same(countOf(await backendsOf(app, 20)).get(0), 10)

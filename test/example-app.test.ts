@@ -4,7 +4,8 @@ import net from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import t, { type Test } from 'tap'
-import { alive, skip, until } from './helpers/supervisord.js'
+import { alive, skip } from './helpers/supervisord.js'
+import { until } from './helpers/wait.js'
 import { which } from '../example-app/supervisord-daemon.js'
 
 // `npm start` for real, in both modes; everything it starts must be gone after SIGTERM.

@@ -1,7 +1,8 @@
 import t from 'tap'
 import { request } from 'undici'
-import { startBackend } from './helpers/backends.js'
-import { gateway, listening } from './helpers/gateway.js'
+import { backendFor } from './helpers/backends.js'
+import { clientFor, gateway, listening } from './helpers/gateway.js'
+import { until } from './helpers/wait.js'
 
 // Holding is driven through the registry's own API: whatever can start peers
 // sets `startsOnDemand` and answers `demand` events. The supervisord bridge is
@@ -11,23 +12,32 @@ import { gateway, listening } from './helpers/gateway.js'
 
 t.test('held requests go out in arrival order the moment a peer is up; one demand for 50 requests', async t => {
   const order: string[] = []
-  const backend = await startBackend(0, (req, res) => { order.push(req.url ?? ''); res.end('ok') })
-  t.teardown(() => backend.close())
+  const backend = await backendFor(t, (req, res) => { order.push(req.url ?? ''); res.end('ok') })
   const app = await gateway({ b: { servers: [{ address: backend.address, down: true }] } })
   t.teardown(() => app.close())
   const upstream = app.upstreams.get('b')
   upstream.startsOnDemand = true
   let demands = 0
+  let sentBeforeUp = -1
+  let sentOnAtUp = -1
   app.upstreams.on('demand', () => {
     demands++
     upstream.peers[0].setProcess('starting')
-    setTimeout(() => upstream.peers[0].setProcess('up'), 100)
+    setTimeout(() => {
+      sentBeforeUp = upstream.peers[0].requests
+      upstream.peers[0].setProcess('up')
+      // Released the moment the peer is up: all sent on before anything else runs.
+      setImmediate(() => { sentOnAtUp = upstream.peers[0].requests })
+    }, 100)
   })
   const started = Date.now()
   const responses = await Promise.all(Array.from({ length: 50 }, async (_, i) => await app.inject(`/r${i}`)))
   t.ok(Date.now() - started >= 90, 'they waited for the start')
   t.same(responses.map(r => r.statusCode), Array(50).fill(200))
   t.equal(demands, 1, 'exactly one start asked for')
+  t.equal(sentBeforeUp, 0, 'none sent on while the peer was starting')
+  t.equal(sentOnAtUp, 50, 'all 50 released as the peer came up')
+  t.equal(backend.hits, 50)
   t.same(order, Array.from({ length: 50 }, (_, i) => `/r${i}`), 'released in arrival order')
   t.equal(upstream.peers[0].inflight, 0)
 })
@@ -39,6 +49,7 @@ t.test('maxHeld overflow and holdTimeout answer 503 with Retry-After', async t =
   app.upstreams.get('b').startsOnDemand = true
   const started = Date.now()
   const [a, b, c] = await Promise.all([app.inject('/'), app.inject('/'), app.inject('/')])
+  const waited = Date.now() - started
   t.equal(c.statusCode, 503)
   t.equal(c.json().code, 'FST_SUPERVISORD_HOLD_OVERFLOW')
   t.equal(c.headers['retry-after'], '3')
@@ -48,7 +59,8 @@ t.test('maxHeld overflow and holdTimeout answer 503 with Retry-After', async t =
     t.match(res.json().message, /within 150 ms/)
     t.equal(res.headers['retry-after'], '3')
   }
-  t.ok(Date.now() - started < 1000, 'nothing waits past holdTimeout')
+  t.ok(waited >= 140, `the two held were held for holdTimeout (${waited} ms)`)
+  t.ok(waited < 1000, 'nothing waits much past holdTimeout')
 })
 
 t.test('a failed start answers 502 with the reason', async t => {
@@ -69,22 +81,24 @@ t.test('a failed start answers 502 with the reason', async t => {
 })
 
 t.test('a client that disconnects while held leaves the queue', async t => {
-  const backend = await startBackend(0)
-  t.teardown(() => backend.close())
+  const backend = await backendFor(t)
   const app = await gateway({ b: { servers: [{ address: backend.address, down: true }] } }, { maxHeld: 1 })
   const base = await listening(app)
   t.teardown(() => app.close())
+  const dispatcher = clientFor(t)
   const upstream = app.upstreams.get('b')
   upstream.startsOnDemand = true
+  // The first request held asks for a start: a demand says the queue went from empty to one.
+  let demands = 0
+  app.upstreams.on('demand', () => demands++)
   const controller = new AbortController()
-  const gone = request(base, { signal: controller.signal }).catch(() => 'aborted')
-  await new Promise(resolve => setTimeout(resolve, 50))
+  const gone = request(base, { dispatcher, signal: controller.signal }).catch(() => 'aborted')
+  t.ok(await until(() => demands === 1, 2000), 'the first request is held')
   controller.abort()
   t.equal(await gone, 'aborted')
-  await new Promise(resolve => setTimeout(resolve, 50))
-  // the single hold slot is free again: a new request is held, not refused
-  const next = request(base)
-  await new Promise(resolve => setTimeout(resolve, 50))
+  // the single hold slot is free again: a new request is held (a new demand), not refused
+  const next = request(base, { dispatcher })
+  t.ok(await until(() => demands === 2, 2000), 'the next request is held in the freed slot')
   upstream.peers[0].setProcess('up')
   const res = await next
   t.equal(res.statusCode, 200)
@@ -104,11 +118,18 @@ t.test('without a starter, no routable peer is an immediate 503 (no hold)', asyn
 })
 
 t.test('closing the server answers held requests', async t => {
-  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } })
+  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { holdTimeout: 60_000 })
   await listening(app)
   app.upstreams.get('b').startsOnDemand = true
+  let demands = 0
+  app.upstreams.on('demand', () => demands++)
   const held = app.inject('/')
-  await new Promise(resolve => setTimeout(resolve, 30))
+  t.ok(await until(() => demands === 1, 2000), 'the request is held')
+  const closing = Date.now()
   await app.close()
-  t.equal((await held).statusCode, 503)
+  const res = await held
+  t.ok(Date.now() - closing < 1000, 'answered at close, not at holdTimeout')
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_SUPERVISORD_NO_PEER')
+  t.equal(res.headers['retry-after'], '5')
 })

@@ -2,6 +2,7 @@ import t from 'tap'
 import Fastify from 'fastify'
 import registry, { Registry, parseAddress, type RegistryOptions } from '../plugins/registry.js'
 import type { PeerChange } from '../plugins/peer.js'
+import { sleep } from './helpers/wait.js'
 
 function build (upstreams: unknown) {
   return () => new Registry({ upstreams } as RegistryOptions)
@@ -91,7 +92,7 @@ t.test('passive failures: maxFails within failTimeout, then back after failTimeo
   peer.recordFailure('ECONNREFUSED', 1250)
   t.equal(peer.passive, 'failed')
   t.notOk(peer.routable)
-  await new Promise(resolve => setTimeout(resolve, 150))
+  await sleep(150)
   t.equal(peer.passive, 'ok', 'back after failTimeout')
   t.same(changes.map(c => [c.field, c.to, c.reason]), [['passive', 'failed', 'ECONNREFUSED'], ['passive', 'ok', 'failTimeout passed']])
   for (let i = 0; i < 5; i++) never.recordFailure('x')

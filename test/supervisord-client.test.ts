@@ -1,7 +1,7 @@
 import t from 'tap'
 import { SupervisordCallError, SupervisordClient, isUnavailable } from '../plugins/supervisord-client.js'
-import { startBackend } from './helpers/backends.js'
-import { freePort, getDirect, hangingServer, serving, skip, startSupervisord } from './helpers/supervisord.js'
+import { backendFor, freePort, silentServer } from './helpers/backends.js'
+import { getDirect, serving, skip, supervisordFor } from './helpers/supervisord.js'
 
 /** Runs `call` and returns the SupervisordCallError it must fail with. */
 async function failure (call: () => Promise<unknown>): Promise<SupervisordCallError> {
@@ -15,7 +15,7 @@ async function failure (call: () => Promise<unknown>): Promise<SupervisordCallEr
 }
 
 t.test('a hanging supervisord: every call ends with TIMEOUT within its bound', async t => {
-  const port = await hangingServer(t)
+  const { port } = await silentServer(t)
   const client = new SupervisordClient({ kind: 'tcp', host: '127.0.0.1', port }, { timeout: 300 })
   const started = Date.now()
   const error = await failure(() => client.startProcess('backend0'))
@@ -29,7 +29,7 @@ t.test('a hanging supervisord: every call ends with TIMEOUT within its bound', a
 })
 
 t.test('closing aborts calls in flight and refuses later ones, with ABORTED', async t => {
-  const port = await hangingServer(t)
+  const { port } = await silentServer(t)
   const closing = new AbortController()
   const client = new SupervisordClient({ kind: 'tcp', host: '127.0.0.1', port }, { timeout: 10_000, signal: closing.signal })
   const started = Date.now()
@@ -53,8 +53,7 @@ t.test('nothing listening: UNREACHABLE, over TCP and over a unix socket', async 
 })
 
 t.test('an HTTP server that is not supervisord: PROTOCOL', async t => {
-  const backend = await startBackend(0)
-  t.teardown(() => backend.close())
+  const backend = await backendFor(t)
   const error = await failure(() => new SupervisordClient({ kind: 'tcp', host: '127.0.0.1', port: backend.port }).getState())
   t.equal(error.fault, 'PROTOCOL')
   t.match(error.message, /bad answer/)
@@ -62,8 +61,7 @@ t.test('an HTTP server that is not supervisord: PROTOCOL', async t => {
 })
 
 t.test('against a real supervisord', { skip }, async t => {
-  const sv = await startSupervisord({ programs: [{ count: 2 }], broken: ['broken0'] })
-  t.teardown(() => sv.stop())
+  const sv = await supervisordFor(t, { programs: [{ count: 2 }], broken: ['broken0'] })
 
   t.test('over TCP with credentials: state, start, info, stop', async t => {
     const client = new SupervisordClient(sv.tcp)

@@ -3,7 +3,8 @@ import t, { type Test } from 'tap'
 import registry, { type RegistryOptions } from '../plugins/registry.js'
 import supervisord, { type SupervisordBridgeOptions } from '../plugins/supervisord.js'
 import supervisordCommands, { supervisordRoutes, type SupervisordRoutesOptions } from '../routes/supervisord-routes.js'
-import { getDirect, serving, skip, startSupervisord, until } from './helpers/supervisord.js'
+import { getDirect, processes, serving, skip, supervisordFor } from './helpers/supervisord.js'
+import { until } from './helpers/wait.js'
 
 const NONE: RegistryOptions['upstreams'] = {
   backend: { servers: ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3'], supervisord: 'none' },
@@ -20,8 +21,6 @@ async function routesApp (t: Test, routes: Partial<SupervisordRoutesOptions> & {
   await app.register(supervisordRoutes, { upstream: 'backend', ...routes })
   return app
 }
-
-const processes = (app: FastifyInstance): string[] => app.upstreams.get('backend').peers.map(p => p.process)
 
 t.test('POST /_supervisord/start/:backend and /stop/:backend answer what was accepted', async t => {
   const app = await routesApp(t)
@@ -155,8 +154,7 @@ t.test('supervisordStart / supervisordStop decorators: handlers for routes of yo
 // Each subtest has its own supervisord: they run side by side.
 t.test('?wait=1 with a real supervisord', { skip, jobs: 3 }, async t => {
   t.test('200 once the backend runs, 502 with the fault when the start fails', async t => {
-    const sv = await startSupervisord({ programs: [{ count: 2 }], broken: ['broken0'] })
-    t.teardown(() => sv.stop())
+    const sv = await supervisordFor(t, { programs: [{ count: 2 }], broken: ['broken0'] })
     const app = await routesApp(t, {}, {
       backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option },
       broken: { servers: ['127.0.0.1:1'], supervisord: sv.option }
@@ -177,8 +175,7 @@ t.test('?wait=1 with a real supervisord', { skip, jobs: 3 }, async t => {
   })
 
   t.test('supervisord killed: 503 with the reason, while running backends keep serving', async t => {
-    const sv = await startSupervisord({ programs: [{ count: 2 }] })
-    t.teardown(() => sv.stop())
+    const sv = await supervisordFor(t, { programs: [{ count: 2 }] })
     const app = await routesApp(t, {}, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
     t.equal((await app.inject({ method: 'POST', url: '/_supervisord/start/0?wait=1' })).statusCode, 200)
     t.same(await serving(sv.programs[0].address), { status: 200, body: '{"backend":0}' })
@@ -192,8 +189,7 @@ t.test('?wait=1 with a real supervisord', { skip, jobs: 3 }, async t => {
   })
 
   t.test('anti-flap: a second "any" too soon is 409 with Retry-After', async t => {
-    const sv = await startSupervisord({ programs: [{ count: 2 }] })
-    t.teardown(() => sv.stop())
+    const sv = await supervisordFor(t, { programs: [{ count: 2 }] })
     const app = await routesApp(t, {}, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { antiFlap: 30_000 })
     t.match((await app.inject({ method: 'POST', url: '/_supervisord/start/any?wait=1' })).json(), { backend: 0, ok: true })
     const again = await app.inject({ method: 'POST', url: '/_supervisord/start/any' })

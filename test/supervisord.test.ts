@@ -5,7 +5,10 @@ import supervisord, { type SupervisordBridgeOptions } from '../plugins/superviso
 import proxy from '../plugins/proxy.js'
 import { SupervisordClient } from '../plugins/supervisord-client.js'
 import type { PeerChange } from '../plugins/peer.js'
-import { freePort, getDirect, hangingServer, serving, skip, startSupervisord, until, type Supervisord } from './helpers/supervisord.js'
+import { freePort, silentServer } from './helpers/backends.js'
+import { loggerInto } from './helpers/gateway.js'
+import { getDirect, processes, serving, skip, supervisordFor } from './helpers/supervisord.js'
+import { sleep, until } from './helpers/wait.js'
 
 interface App {
   app: FastifyInstance
@@ -17,7 +20,7 @@ interface App {
 /** The registry and the bridge (polling off unless asked), with logs and registry events recorded. */
 async function bridgeApp (t: Test, upstreams: RegistryOptions['upstreams'], options: SupervisordBridgeOptions = {}): Promise<App> {
   const logs: App['logs'] = []
-  const app = Fastify({ logger: { level: 'warn', stream: { write: (line: string) => { logs.push(JSON.parse(line)) } } } })
+  const app = Fastify({ logger: loggerInto(logs, 'warn') })
   await app.register(registry, { upstreams })
   await app.register(supervisord, { pollInterval: 0, ...options })
   t.teardown(() => app.close())
@@ -35,17 +38,6 @@ async function proxyApp (t: Test, upstreams: RegistryOptions['upstreams'], optio
   return app
 }
 
-async function withSupervisord (t: Test, options: Parameters<typeof startSupervisord>[0] = {}): Promise<Supervisord> {
-  const sv = await startSupervisord(options)
-  t.teardown(() => sv.stop())
-  return sv
-}
-
-async function statename (sv: Supervisord, program: string): Promise<string> {
-  return (await sv.client.getProcessInfo(program)).statename
-}
-
-const processes = (app: FastifyInstance, upstream = 'backend'): string[] => app.upstreams.get(upstream).peers.map(p => p.process)
 
 t.test('options are checked at registration, naming upstream and option', async t => {
   const cases: Array<[RegistryOptions['upstreams'], SupervisordBridgeOptions, RegExp]> = [
@@ -110,7 +102,7 @@ t.test('none mode: commands flip rotation at once, with no daemon, and listeners
   t.match(started, { upstream: 'backend', command: 'start', backend: 2, accepted: true, state: 'up', ok: true })
   t.ok(upstream.peers[2].routable)
   t.match(commands, [{ upstream: 'backend', index: 2, command: 'start', ok: true }])
-  t.match(changes, [{ index: 2, field: 'process', from: 'down', to: 'up' }], 'straight to up, nothing in between')
+  t.same(changes.map(c => [c.index, c.field, c.from, c.to]), [[2, 'process', 'down', 'up']], 'straight to up, nothing in between')
 
   const noop = await app.supervisord.execute('backend', 'start', 0)
   t.match(noop, { accepted: true, state: 'up', ok: true, reason: 'already up' })
@@ -145,7 +137,7 @@ t.test('none mode without inheritBackendStatus: every peer starts down; "any" ne
 // Each subtest has its own supervisord: they run side by side.
 t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
   t.test('start and stop by index, waiting for supervisord: starting → up, stopping → down', async t => {
-    const sv = await withSupervisord(t)
+    const sv = await supervisordFor(t)
     const { app, commands, changes } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
     await app.ready()
     const upstream = app.upstreams.get('backend')
@@ -157,13 +149,13 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
     t.equal(accepted.ok, undefined, 'not waited for: no outcome yet')
     const waited = await app.supervisord.execute('backend', 'start', 1, { wait: true })
     t.match(waited, { backend: 1, accepted: true, state: 'up', ok: true })
-    t.equal(await statename(sv, 'backend1'), 'RUNNING')
+    t.equal(await sv.statename('backend1'), 'RUNNING')
     t.same(await serving(sv.programs[1].address), { status: 200, body: '{"backend":1}' })
     t.ok(await until(() => upstream.peers[1].pid !== null), 'the pid is read after a start')
     t.same([upstream.peers[1].pid], await sv.backendPids())
 
     t.match(await app.supervisord.execute('backend', 'stop', 1, { wait: true }), { state: 'down', ok: true })
-    t.equal(await statename(sv, 'backend1'), 'STOPPED')
+    t.equal(await sv.statename('backend1'), 'STOPPED')
     t.equal(upstream.peers[1].admin, 'ready', 'drained for the stop, ready again once down')
     t.equal(upstream.peers[1].pid, null)
     t.same(changes.filter(c => c.field === 'process').map(c => `${c.from}>${c.to}`), ['down>starting', 'starting>up', 'up>stopping', 'stopping>down'])
@@ -171,7 +163,7 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
   })
 
   t.test('ALREADY_STARTED on start and NOT_RUNNING on stop count as success', async t => {
-    const sv = await withSupervisord(t)
+    const sv = await supervisordFor(t)
     const { app, logs } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
     await app.ready()
     await sv.client.startProcess('backend0')
@@ -184,7 +176,7 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
   })
 
   t.test('SPAWN_ERROR and BAD_NAME: start fails, the peer stays down, the fault is logged and told', async t => {
-    const sv = await withSupervisord(t, { programs: [], broken: ['broken0'] })
+    const sv = await supervisordFor(t, { programs: [], broken: ['broken0'] })
     const { app, logs, commands } = await bridgeApp(t, {
       broken: { servers: ['127.0.0.1:1'], supervisord: sv.option },
       ghost: { servers: ['127.0.0.1:2'], supervisord: sv.option, supervisordName: 'nope' }
@@ -204,10 +196,10 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
   })
 
   t.test('"any": lowest down peer starts, highest running stops, one at a time, with an anti-flap window', async t => {
-    const sv = await withSupervisord(t, { programs: [{ count: 3 }] })
+    const sv = await supervisordFor(t, { programs: [{ count: 3 }] })
     const { app } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { antiFlap: 1500 })
     const afterWindow = async (refused: { retryAfter?: number }): Promise<void> => {
-      await new Promise(resolve => setTimeout(resolve, (refused.retryAfter ?? 0) + 20))
+      await sleep((refused.retryAfter ?? 0) + 20)
     }
     t.match(await app.supervisord.execute('backend', 'start', 'any'), { backend: 0, accepted: true, state: 'starting' })
     t.match(await app.supervisord.execute('backend', 'start', 'any'), { backend: 'any', accepted: false, reason: /has not ended yet/ })
@@ -223,12 +215,12 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
     await afterWindow(flap)
     t.match(await app.supervisord.execute('backend', 'stop', 'any', { wait: true }), { backend: 1, state: 'down', ok: true })
     t.same(processes(app), ['up', 'down', 'down'])
-    t.equal(await statename(sv, 'backend1'), 'STOPPED')
-    t.equal(await statename(sv, 'backend0'), 'RUNNING')
+    t.equal(await sv.statename('backend1'), 'STOPPED')
+    t.equal(await sv.statename('backend0'), 'RUNNING')
   })
 
   t.test('the poll notices a backend killed outside, and one started outside (with its pid)', async t => {
-    const sv = await withSupervisord(t)
+    const sv = await supervisordFor(t)
     const { app } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { pollInterval: 100 })
     await app.ready()
     const peers = app.upstreams.get('backend').peers
@@ -244,7 +236,7 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
   })
 
   t.test('the first poll, at start-up, reads what is already running', async t => {
-    const sv = await withSupervisord(t)
+    const sv = await supervisordFor(t)
     await sv.client.startProcess('backend1')
     const { app } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
     t.same(processes(app), ['down', 'down'])
@@ -253,7 +245,7 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
   })
 
   t.test('50 demands at once start exactly one peer, the lowest down', async t => {
-    const sv = await withSupervisord(t)
+    const sv = await supervisordFor(t)
     const { app, commands } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
     await app.ready()
     const calls: string[] = []
@@ -268,32 +260,32 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
     for (let i = 0; i < 50; i++) upstream.demand()
     t.ok(await until(() => commands.length > 0, 4000))
     for (let i = 0; i < 50; i++) upstream.demand()
-    await new Promise(resolve => setTimeout(resolve, 100))
+    await sleep(100)
     t.same(calls, ['backend0'], 'one startProcess, and none once a peer is routable')
     t.same(processes(app), ['up', 'down'])
-    t.equal(await statename(sv, 'backend1'), 'STOPPED')
+    t.equal(await sv.statename('backend1'), 'STOPPED')
   })
 
   t.test('stop drains: supervisord is asked only when the in-flight requests are done', async t => {
-    const sv = await withSupervisord(t)
+    const sv = await supervisordFor(t)
     const { app } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
     const peer = app.upstreams.get('backend').peers[0]
     await app.supervisord.execute('backend', 'start', 0, { wait: true })
     peer.acquire()
     const stopping = app.supervisord.execute('backend', 'stop', 0, { wait: true })
-    await new Promise(resolve => setTimeout(resolve, 300))
+    await sleep(300)
     t.equal(peer.process, 'stopping')
     t.equal(peer.admin, 'drain')
     t.notOk(peer.routable)
-    t.equal(await statename(sv, 'backend0'), 'RUNNING', 'not asked yet: a request is in flight')
+    t.equal(await sv.statename('backend0'), 'RUNNING', 'not asked yet: a request is in flight')
     peer.release()
     t.match(await stopping, { ok: true, state: 'down' })
     t.equal(peer.admin, 'ready')
-    t.equal(await statename(sv, 'backend0'), 'STOPPED')
+    t.equal(await sv.statename('backend0'), 'STOPPED')
   })
 
   t.test('drainTimeout bounds the wait for in-flight requests', async t => {
-    const sv = await withSupervisord(t)
+    const sv = await supervisordFor(t)
     const { app, logs } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { drainTimeout: 200 })
     const peer = app.upstreams.get('backend').peers[0]
     await app.supervisord.execute('backend', 'start', 0, { wait: true })
@@ -306,14 +298,14 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
   })
 
   t.test('a start during a stop\'s drain replaces it: nothing is stopped, the peer is up and ready', async t => {
-    const sv = await withSupervisord(t)
+    const sv = await supervisordFor(t)
     const { app, commands } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
     const peer = app.upstreams.get('backend').peers[0]
     await app.supervisord.execute('backend', 'start', 0, { wait: true })
     const pids = await sv.backendPids()
     peer.acquire()
     const stop = app.supervisord.execute('backend', 'stop', 0, { wait: true })
-    await new Promise(resolve => setTimeout(resolve, 50))
+    await sleep(50)
     const start = await app.supervisord.execute('backend', 'start', 0, { wait: true })
     t.match(await stop, { ok: false, fault: 'CANCELLED' })
     t.match(start, { ok: true, state: 'up' })
@@ -325,7 +317,7 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
   })
 
   t.test('through the proxy: a slow request in flight completes with 200 before its peer is stopped', async t => {
-    const sv = await withSupervisord(t, { programs: [{ count: 2, slowMs: 700 }] })
+    const sv = await supervisordFor(t, { programs: [{ count: 2, slowMs: 700 }] })
     const { app, changes } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
     await app.supervisord.execute('backend', 'start', 0, { wait: true })
     await serving(sv.programs[0].address)
@@ -340,12 +332,12 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
     t.match(await stop, { ok: true, state: 'down' })
     t.same(order, ['response', 'stopped'])
     t.match(changes.filter(c => c.field === 'admin').map(c => c.to), ['drain', 'ready'])
-    t.equal(await statename(sv, 'backend0'), 'STOPPED')
+    t.equal(await sv.statename('backend0'), 'STOPPED')
   })
 
   t.test('through the proxy: 50 requests on a cold upstream are held, one peer is started, all get 200', async t => {
     // RUNNING comes after startsecs, not when the program listens: 2 s leaves room on a loaded machine.
-    const sv = await withSupervisord(t, { programs: [{ count: 2, startsecs: 2 }] })
+    const sv = await supervisordFor(t, { programs: [{ count: 2, startsecs: 2 }] })
     const { app, commands } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
     await app.ready()
     const responses = await Promise.all(Array.from({ length: 50 }, async () => await app.inject('/')))
@@ -353,11 +345,11 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
     t.ok(responses.every(r => r.body === '{"backend":0}'))
     t.match(commands, [{ command: 'start', index: 0, ok: true }])
     t.equal(commands.length, 1, 'exactly one start')
-    t.equal(await statename(sv, 'backend1'), 'STOPPED')
+    t.equal(await sv.statename('backend1'), 'STOPPED')
   })
 
   t.test('through the proxy: a start that fails answers the held request 502 with the fault', async t => {
-    const sv = await withSupervisord(t, { programs: [], broken: ['broken0'] })
+    const sv = await supervisordFor(t, { programs: [], broken: ['broken0'] })
     const { app } = await proxyApp(t, { broken: { servers: ['127.0.0.1:1'], supervisord: sv.option } })
     await app.ready()
     const res = await app.inject('/')
@@ -366,34 +358,36 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
   })
 
   t.test('stopOnFailure: a passive failure stops the peer through supervisord', async t => {
-    const sv = await withSupervisord(t)
+    const sv = await supervisordFor(t)
     const { app } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option, stopOnFailure: true } })
     const peer = app.upstreams.get('backend').peers[0]
     await app.supervisord.execute('backend', 'start', 0, { wait: true })
     peer.recordFailure('connection refused')
     t.ok(await until(() => peer.process === 'down', 4000))
-    t.equal(await statename(sv, 'backend0'), 'STOPPED')
+    t.equal(await sv.statename('backend0'), 'STOPPED')
   })
 
   t.test('supervisord killed while the app runs: commands fail UNREACHABLE, running backends keep serving', async t => {
-    const sv = await withSupervisord(t)
-    const { app, commands } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { pollInterval: 100 })
+    const sv = await supervisordFor(t)
+    const { app, commands, logs } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { pollInterval: 100 })
     await app.ready()
     await app.supervisord.execute('backend', 'start', 0, { wait: true })
     t.same(await serving(sv.programs[0].address), { status: 200, body: '{"backend":0}' })
+    const failedPolls = (): number => logs.filter(l => l.level === 40 && /could not getAllProcessInfo: unreachable/.test(l.msg)).length
+    t.equal(failedPolls(), 0)
     process.kill(sv.pid, 'SIGKILL')
     t.ok(await until(async () => 'error' in await getDirect(`127.0.0.1:${sv.port}`), 3000), 'supervisord is gone')
     const result = await app.supervisord.execute('backend', 'start', 1, { wait: true })
     t.match(result, { ok: false, fault: 'UNREACHABLE', state: 'down', reason: /unreachable/ })
     t.match(commands.at(-1), { command: 'start', index: 1, ok: false, fault: 'UNREACHABLE' })
-    await new Promise(resolve => setTimeout(resolve, 250))
+    t.ok(await until(() => failedPolls() >= 2, 3000), 'polls go on, and fail')
     t.equal(processes(app)[0], 'up', 'a failed poll changes nothing')
     t.same(await getDirect(sv.programs[0].address), { status: 200, body: '{"backend":0}' })
   })
 })
 
 t.test('a hanging supervisord: commands fail with TIMEOUT within callTimeout, close does not wait for them', async t => {
-  const address = `127.0.0.1:${await hangingServer(t)}`
+  const address = `127.0.0.1:${(await silentServer(t)).port}`
   const { app, commands } = await bridgeApp(t, { backend: { servers: ['127.0.0.1:1', '127.0.0.1:2'], supervisord: address } }, { callTimeout: 300 })
   const started = Date.now()
   await app.ready()
@@ -405,7 +399,7 @@ t.test('a hanging supervisord: commands fail with TIMEOUT within callTimeout, cl
 
   const slow = await bridgeApp(t, { backend: { servers: ['127.0.0.1:1'], supervisord: address } }, { callTimeout: 20_000 })
   const pending = slow.app.supervisord.execute('backend', 'start', 0, { wait: true })
-  await new Promise(resolve => setTimeout(resolve, 50))
+  await sleep(50)
   const closing = Date.now()
   await slow.app.close()
   t.ok(Date.now() - closing < 1000, 'close aborts the call in flight')

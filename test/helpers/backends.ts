@@ -1,5 +1,9 @@
 import http from 'node:http'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
+import type { Test } from 'tap'
+
+/** A port on 127.0.0.1 that nothing listens on right now (taken, then released). */
+export { freePort } from '../../example-app/supervisord-daemon.js'
 
 export type BackendHandler = (req: http.IncomingMessage, res: http.ServerResponse, backend: Backend) => void
 
@@ -50,13 +54,55 @@ export async function startBackend (id: number, handler: BackendHandler = whoAmI
   return backend
 }
 
-export async function startBackends (count: number, handler?: BackendHandler): Promise<Backend[]> {
-  return await Promise.all(Array.from({ length: count }, async (_, id) => await startBackend(id, handler)))
+/** A backend closed in the test's teardown. */
+export async function backendFor (t: Test, handler: BackendHandler = whoAmI, id = 0): Promise<Backend> {
+  const backend = await startBackend(id, handler)
+  t.teardown(async () => await backend.close())
+  return backend
 }
 
-/** A port on 127.0.0.1 that nothing listens on (taken, then released). */
-export async function closedPort (): Promise<number> {
-  const backend = await startBackend(-1)
-  await backend.close()
-  return backend.port
+/**
+ * Backends 0..count-1, closed in the test's teardown: the ones in the array
+ * then, so a test may replace one (e.g. restart it on the same port).
+ */
+export async function backendsFor (t: Test, count: number, handler?: BackendHandler): Promise<Backend[]> {
+  const backends = await Promise.all(Array.from({ length: count }, async (_, id) => await startBackend(id, handler)))
+  t.teardown(async () => { await Promise.all(backends.map(async b => await b.close())) })
+  return backends
+}
+
+export interface TcpServer {
+  port: number
+  /** Connections accepted so far. */
+  connections: number
+  /** Connections still open. */
+  open: Set<net.Socket>
+}
+
+/**
+ * A raw TCP server on 127.0.0.1, for what a real HTTP server will not do
+ * (never answer, answer garbage, hang up); closed, with its sockets, in the
+ * test's teardown.
+ */
+export async function tcpServer (t: Test, onConnection: (socket: net.Socket) => void): Promise<TcpServer> {
+  const state: TcpServer = { port: 0, connections: 0, open: new Set() }
+  const server = net.createServer(socket => {
+    state.connections++
+    state.open.add(socket)
+    socket.on('close', () => state.open.delete(socket))
+    socket.on('error', () => {})
+    onConnection(socket)
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  state.port = (server.address() as AddressInfo).port
+  t.teardown(async () => {
+    for (const socket of state.open) socket.destroy()
+    await new Promise(resolve => server.close(resolve))
+  })
+  return state
+}
+
+/** A TCP server that accepts connections and never answers (reads and drops what it is sent). */
+export async function silentServer (t: Test): Promise<TcpServer> {
+  return await tcpServer(t, socket => socket.resume())
 }

@@ -1,6 +1,13 @@
 import Fastify, { type FastifyInstance } from 'fastify'
+import type { Test } from 'tap'
+import { Agent } from 'undici'
 import registry, { type RegistryOptions } from '../../plugins/registry.js'
 import proxy, { type ProxyOptions } from '../../plugins/proxy.js'
+
+/** Fastify logger options that keep each log line, parsed, in `lines`. */
+export function loggerInto<T = Record<string, unknown>> (lines: T[], level = 'info'): { level: string, stream: { write: (line: string) => void } } {
+  return { level, stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } }
+}
 
 /** A gateway with the registry and one proxy, not yet listening. */
 export async function gateway (upstreams: RegistryOptions['upstreams'], proxyOptions: Partial<ProxyOptions> = {}): Promise<FastifyInstance> {
@@ -32,4 +39,16 @@ export async function listening (app: FastifyInstance): Promise<string> {
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as { port: number }
   return `http://127.0.0.1:${port}`
+}
+
+/**
+ * An HTTP client of the test's own, destroyed in the teardown. Make it after
+ * the gateway's teardown is registered, so that it goes first: after an
+ * abort undici opens a spare connection, which a closing server would wait
+ * on until undici's keep-alive timeout (4 s).
+ */
+export function clientFor (t: Test): Agent {
+  const dispatcher = new Agent()
+  t.teardown(async () => await dispatcher.destroy())
+  return dispatcher
 }

@@ -1,13 +1,12 @@
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import net from 'node:net'
 import type { Test } from 'tap'
+import type { FastifyInstance } from 'fastify'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { SupervisordClient, SupervisordEndpoint } from '../../plugins/supervisord-client.js'
-import { freePort, onPath, startDaemon, type ProgramConfig } from '../../example-app/supervisord-daemon.js'
-
-export { freePort }
+import { onPath, startDaemon, type ProgramConfig } from '../../example-app/supervisord-daemon.js'
+import { freePort } from './backends.js'
+import { sleep } from './wait.js'
 
 // A real supervisord per test, in a temp dir of its own, with real Node HTTP
 // backends as its programs. Everything listens on 127.0.0.1 or a socket in
@@ -69,6 +68,8 @@ export interface Supervisord {
   client: SupervisordClient
   /** Pids of the backends supervisord started, read from the pid files they write. */
   backendPids (): Promise<number[]>
+  /** supervisord's state name of a program: RUNNING, STOPPED, ... */
+  statename (program: string): Promise<string>
   /** Stops supervisord (SIGTERM, then SIGKILL), any backend it left behind, and removes the temp dir. */
   stop (): Promise<void>
 }
@@ -177,30 +178,21 @@ async function launch (dir: string, options: SupervisordOptions, attempt = 1): P
     unix: daemon.unix,
     client: daemon.client,
     backendPids,
+    statename: async (program: string) => (await daemon.client.getProcessInfo(program)).statename,
     stop
   }
 }
 
-/** A TCP server on 127.0.0.1 that accepts connections and never answers: a hanging supervisord. Returns its port. */
-export async function hangingServer (t: Test): Promise<number> {
-  const sockets = new Set<net.Socket>()
-  const server = net.createServer(socket => { sockets.add(socket) })
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', () => resolve()))
-  t.teardown(async () => {
-    for (const socket of sockets) socket.destroy()
-    await new Promise<void>(resolve => server.close(() => resolve()))
-  })
-  return (server.address() as net.AddressInfo).port
+/** startSupervisord, stopped in the test's teardown. */
+export async function supervisordFor (t: Test, options: SupervisordOptions = {}): Promise<Supervisord> {
+  const sv = await startSupervisord(options)
+  t.teardown(async () => await sv.stop())
+  return sv
 }
 
-/** Polls `check` every 25 ms until it is true; false if `ms` passed first. */
-export async function until (check: () => boolean | Promise<boolean>, ms = 5000): Promise<boolean> {
-  const deadline = Date.now() + ms
-  while (Date.now() < deadline) {
-    if (await check()) return true
-    await sleep(25)
-  }
-  return await check()
+/** The process state of each peer of an upstream, by index. */
+export function processes (app: FastifyInstance, upstream = 'backend'): string[] {
+  return app.upstreams.get(upstream).peers.map(p => p.process)
 }
 
 /** One GET straight to a backend (not through the proxy): its status and body, or the error code. */
