@@ -111,9 +111,11 @@ class UpstreamScaler {
       this.#start(load, up.length, 'min running')
     } else if (load > loadThreshold) {
       if (up.length < maxRunning) this.#start(load, up.length, 'load')
-    } else if (Date.now() < this.#panicUntil || up.length <= minRunning) {
-      // in a burst, or already at the floor: keep what runs
-    } else if (requests === 0) {
+    } else if (Date.now() < this.#panicUntil || up.length <= minRunning || up.some(peer => peer.process === 'starting')) {
+      // In a burst, at the floor, or a start still under way (it counts as
+      // capacity but cannot serve yet): keep what runs.
+    } else if (requests === 0 && !up.some(peer => peer.inflight > 0)) {
+      // idle: nothing started in the window and nothing still in flight (a slow request is not idleness)
       if (idleStop) this.#stop(load, up, 'idle')
     } else if (load < LOW_LOAD * loadThreshold && up.length > 1) {
       this.#stop(load, up, 'low load')

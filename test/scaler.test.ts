@@ -109,3 +109,19 @@ t.test('real supervisord: targetInFlight starts a peer within the panic window',
   t.ok(seen.length > 0 && seen.every(s => s === 200), `every request of the burst answered 200 (${seen.length})`)
   t.notOk(decisions.some(d => d.action === 'stop'), 'no scale-down during the burst')
 })
+
+t.test('a request still in flight, or a peer still starting, is not an idle window', async t => {
+  const { app, decisions } = await scaledApp(t, [{ address: '127.0.0.1:1' }, { address: '127.0.0.1:2', down: true }] as never, { window: 100, loadThreshold: 1e9 })
+  await app.ready()
+  const [serving, other] = app.upstreams.get('backend').peers
+  serving.acquire()
+  await sleep(550)
+  t.same(decisions, [], 'five windows without a new request, but one in flight: nothing stopped')
+  other.setProcess('starting')
+  serving.release()
+  await sleep(350)
+  t.same(decisions, [], 'idle, but a start is under way: the serving peer stays')
+  other.setProcess('down')
+  t.ok(await until(() => decisions.length > 0, 1000))
+  t.match(decisions[0], { action: 'stop', index: 0, reason: 'idle' }, 'then idle for real: stopped')
+})
