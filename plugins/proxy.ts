@@ -21,7 +21,7 @@ export interface ProxyOptions {
   connectTimeout?: number
   /** ms from request sent to response headers (default 30000; undici's own is 300000). */
   headersTimeout?: number
-  /** ms allowed between two body chunks of a response (default 30000). */
+  /** ms allowed between two body chunks of a response (default 30000). undici checks both timeouts about once a second. */
   bodyTimeout?: number
   /** ms an idle connection to a peer is kept for reuse (default 4000). */
   keepAliveTimeout?: number

@@ -133,3 +133,21 @@ t.test('closing the server answers held requests', async t => {
   t.equal(res.json().code, 'FST_SUPERVISORD_NO_PEER')
   t.equal(res.headers['retry-after'], '5')
 })
+
+t.test('each held request times out at its own deadline; the later one still goes out', async t => {
+  const backend = await backendFor(t)
+  const app = await gateway({ b: { servers: [{ address: backend.address, down: true }] } }, { holdTimeout: 300 })
+  await listening(app)
+  t.teardown(() => app.close())
+  const upstream = app.upstreams.get('b')
+  upstream.startsOnDemand = true
+  const first = app.inject('/first')
+  await new Promise(resolve => setTimeout(resolve, 150))
+  const second = app.inject('/second')
+  const expired = await first
+  t.equal(expired.statusCode, 503)
+  t.equal(expired.json().code, 'FST_SUPERVISORD_HOLD_TIMEOUT')
+  upstream.peers[0].setProcess('up')
+  t.equal((await second).statusCode, 200, 'the later request was still held, and is served')
+  t.equal(backend.hits, 1)
+})
