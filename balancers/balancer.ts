@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify'
-import type { Peer } from '../plugins/peer.js'
+import type { Peer } from '../lib/peer.js'
 
 /** What a balancer may read of an upstream. */
 export interface BalancedUpstream {

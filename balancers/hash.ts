@@ -1,7 +1,7 @@
 import type { FastifyRequest } from 'fastify'
 import type { Balancer, BalancedUpstream } from './balancer.js'
 import { usable } from './balancer.js'
-import type { Peer } from '../plugins/peer.js'
+import type { Peer } from '../lib/peer.js'
 import { hash32, WeightsSeen } from './hashing.js'
 import { RoundRobinBalancer } from './round-robin.js'
 

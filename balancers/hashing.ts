@@ -1,4 +1,4 @@
-import type { Peer } from '../plugins/peer.js'
+import type { Peer } from '../lib/peer.js'
 
 /** FNV-1a over UTF-16 code units, finished with murmur3's avalanche so close keys spread. */
 export function hash32 (text: string, seed = 0x811c9dc5): number {

@@ -1,5 +1,5 @@
 import type { Balancer, BalancedUpstream } from './balancer.js'
-import type { Peer } from '../plugins/peer.js'
+import type { Peer } from '../lib/peer.js'
 import { CycleCursor, weightedCycle } from './schedule.js'
 
 /**

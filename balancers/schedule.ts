@@ -1,4 +1,4 @@
-import type { Peer } from '../plugins/peer.js'
+import type { Peer } from '../lib/peer.js'
 import { PeerHeap } from './peer-heap.js'
 import { usable } from './balancer.js'
 

@@ -31,4 +31,9 @@ async function serve (count: number): Promise<void> {
   process.on('disconnect', () => process.exit(0))
 }
 
-if (process.argv[2] === 'serve') void serve(Number(process.argv[3]))
+if (process.argv[2] === 'serve') {
+  serve(Number(process.argv[3])).catch(error => {
+    console.error(error)
+    process.exit(1)
+  })
+}

@@ -1,6 +1,6 @@
 import type { FastifyRequest } from 'fastify'
-import { Registry } from '../plugins/registry.js'
-import type { Peer } from '../plugins/peer.js'
+import { Registry } from '../lib/registry.js'
+import type { Peer } from '../lib/peer.js'
 import type { BalancerName } from '../balancers/index.js'
 
 const PICKS = 200_000

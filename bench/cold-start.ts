@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 import Fastify, { type FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import { healthCheck, proxy, registry, supervisord, SupervisordClient } from '../index.js'
-import { freePort, onPath, startDaemon, type Daemon } from '../example-app/supervisord-daemon.js'
+import { freePort, onPath, startDaemon, type Daemon } from '../lib/dev/supervisord-daemon.js'
 import { median } from './load.js'
 
 const ROUNDS = 5

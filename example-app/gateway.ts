@@ -9,7 +9,7 @@ import {
   registry, supervisord, healthCheck, proxy, scaler, statusPage, supervisordRoutes,
   type UpstreamOptions
 } from '../index.js'
-import { freePort, onPath, startDaemon, type Daemon } from './supervisord-daemon.js'
+import { freePort, onPath, startDaemon, type Daemon } from '../lib/dev/supervisord-daemon.js'
 import { startExampleBackend } from './backend.js'
 
 export interface GatewaySettings {

@@ -1,11 +1,10 @@
-import { createHash, timingSafeEqual } from 'node:crypto'
-import { BlockList, isIP } from 'node:net'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
-import type { Command, ExecuteResult } from '../plugins/supervisord.js'
-import { isUnavailable } from '../plugins/supervisord-client.js'
-import { BadQueryError, ForbiddenError, SupervisordError, SupervisordUnavailableError } from '../plugins/errors.js'
-import { optionError, rejectUnknownOptions, showValue, stringOption } from '../plugins/options.js'
+import type { Command, ExecuteResult } from '../lib/supervisord-bridge.js'
+import { isUnavailable } from '../lib/supervisord-client.js'
+import { BadQueryError, SupervisordError, SupervisordUnavailableError } from '../lib/errors.js'
+import { allowList, guard, LOOPBACK } from '../lib/guard.js'
+import { optionError, rejectUnknownOptions, showValue, stringOption } from '../lib/options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -34,7 +33,6 @@ export interface SupervisordRoutesOptions {
 }
 
 const ROUTE_OPTIONS = ['upstream', 'prefix', 'startPath', 'stopPath', 'methods', 'allow', 'token']
-const LOOPBACK = ['127.0.0.1', '::1']
 const INDEX = /^\d+$/
 
 /** The `:backend` param as execute() takes it; the range is the bridge's to check (404). */
@@ -98,26 +96,6 @@ export const supervisordCommands = fp(decorators, {
   dependencies: ['fastify-supervisord-bridge']
 })
 
-function allowList (value: unknown, where: string): BlockList {
-  if (!Array.isArray(value) || value.length === 0) {
-    throw optionError(where, `option "allow" must be a non-empty list of addresses or CIDRs, got ${showValue(value)}`)
-  }
-  const list = new BlockList()
-  for (const entry of value) {
-    const [address, bits, ...rest] = typeof entry === 'string' ? entry.split('/') : []
-    const family = isIP(address ?? '')
-    const prefix = bits === undefined ? undefined : Number(bits)
-    const max = family === 6 ? 128 : 32
-    if (family === 0 || rest.length > 0 || (prefix !== undefined && (!INDEX.test(bits) || prefix > max))) {
-      throw optionError(where, `option "allow" entries must be IPv4 or IPv6 addresses or CIDRs (e.g. "10.0.0.0/8", "::1"), got ${showValue(entry)}`)
-    }
-    const type = family === 6 ? 'ipv6' : 'ipv4'
-    if (prefix === undefined) list.addAddress(address, type)
-    else list.addSubnet(address, prefix, type)
-  }
-  return list
-}
-
 function methodsOption (value: unknown, where: string): Array<'GET' | 'POST'> {
   if (value === undefined) return ['POST']
   if (!Array.isArray(value) || value.length === 0 || !value.every(m => m === 'GET' || m === 'POST')) {
@@ -132,25 +110,6 @@ function routePath (value: unknown, fallback: string, where: string, name: strin
     throw optionError(where, `option "${name}" must be a path like "/start" (no trailing slash), got ${showValue(path)}`)
   }
   return path
-}
-
-const digest = (text: string): Buffer => createHash('sha256').update(text).digest()
-
-function guard (allow: BlockList | undefined, token: string | undefined) {
-  const expected = token === undefined ? undefined : digest(token)
-  return async function supervisordGuard (request: FastifyRequest): Promise<void> {
-    if (allow !== undefined) {
-      const ip = request.ip
-      if (!allow.check(ip, isIP(ip) === 6 ? 'ipv6' : 'ipv4')) throw new ForbiddenError(`address ${ip} is not allowed to command supervisord`)
-    }
-    if (expected !== undefined) {
-      const match = /^Bearer\s+(\S+)\s*$/i.exec(request.headers.authorization ?? '')
-      // Digests have equal lengths, so the comparison takes the same time whatever was sent.
-      if (match === null || !timingSafeEqual(digest(match[1]), expected)) {
-        throw new ForbiddenError('a valid bearer token is required to command supervisord')
-      }
-    }
-  }
 }
 
 /**

@@ -6,7 +6,7 @@ import path from 'node:path'
 import t, { type Test } from 'tap'
 import { alive, skip } from './helpers/supervisord.js'
 import { until } from './helpers/wait.js'
-import { which } from '../example-app/supervisord-daemon.js'
+import { which } from '../lib/dev/supervisord-daemon.js'
 
 // `npm start` for real, in both modes; everything it starts must be gone after SIGTERM.
 

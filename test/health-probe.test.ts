@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { checkRequest, probe, ResponseReader, statusExpected, type ProbeOptions } from '../plugins/health-probe.js'
+import { checkRequest, probe, ResponseReader, statusExpected, type ProbeOptions } from '../lib/health-probe.js'
 import { backendFor, freePort, silentServer, tcpServer } from './helpers/backends.js'
 import { until } from './helpers/wait.js'
 
@@ -127,7 +127,10 @@ t.test('a body longer than maxBody stops the read at maxBody: body too large', a
     const more = (): void => {
       while (written < size) {
         written += piece.length
-        if (!res.write(piece)) return void res.once('drain', more)
+        if (!res.write(piece)) {
+          res.once('drain', more)
+          return
+        }
       }
       finished = true
       res.end()

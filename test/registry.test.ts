@@ -1,7 +1,9 @@
 import t from 'tap'
 import Fastify from 'fastify'
-import registry, { Registry, parseAddress, type RegistryOptions } from '../plugins/registry.js'
-import type { PeerChange } from '../plugins/peer.js'
+import registry from '../plugins/registry.js'
+import { Registry, type RegistryOptions } from '../lib/registry.js'
+import { parseAddress } from '../lib/upstream.js'
+import type { PeerChange } from '../lib/peer.js'
 import { sleep } from './helpers/wait.js'
 
 function build (upstreams: unknown) {

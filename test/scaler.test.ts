@@ -1,6 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import registry, { type ScaleEvent } from '../plugins/registry.js'
+import registry from '../plugins/registry.js'
+import type { ScaleEvent } from '../lib/events.js'
 import supervisord from '../plugins/supervisord.js'
 import proxy from '../plugins/proxy.js'
 import scaler, { type ScaleOptions } from '../plugins/scaler.js'

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { SupervisordCallError, SupervisordClient, isUnavailable } from '../plugins/supervisord-client.js'
+import { SupervisordCallError, SupervisordClient, isUnavailable } from '../lib/supervisord-client.js'
 import { backendFor, freePort, silentServer } from './helpers/backends.js'
 import { getDirect, serving, skip, supervisordFor } from './helpers/supervisord.js'
 

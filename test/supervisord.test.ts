@@ -1,10 +1,11 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import registry, { type CommandEvent, type RegistryOptions } from '../plugins/registry.js'
+import registry, { type RegistryOptions } from '../plugins/registry.js'
+import type { CommandEvent } from '../lib/events.js'
 import supervisord, { type SupervisordBridgeOptions } from '../plugins/supervisord.js'
 import proxy from '../plugins/proxy.js'
-import { SupervisordClient } from '../plugins/supervisord-client.js'
-import type { PeerChange } from '../plugins/peer.js'
+import { SupervisordClient } from '../lib/supervisord-client.js'
+import type { PeerChange } from '../lib/peer.js'
 import { freePort, silentServer } from './helpers/backends.js'
 import { loggerInto } from './helpers/gateway.js'
 import { getDirect, processes, serving, skip, supervisordFor } from './helpers/supervisord.js'
@@ -37,7 +38,6 @@ async function proxyApp (t: Test, upstreams: RegistryOptions['upstreams'], optio
   await app.app.register(proxy, { upstream: Object.keys(upstreams)[0], holdTimeout: 5000 })
   return app
 }
-
 
 t.test('options are checked at registration, naming upstream and option', async t => {
   const cases: Array<[RegistryOptions['upstreams'], SupervisordBridgeOptions, RegExp]> = [

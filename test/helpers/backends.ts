@@ -3,7 +3,7 @@ import net, { type AddressInfo } from 'node:net'
 import type { Test } from 'tap'
 
 /** A port on 127.0.0.1 that nothing listens on right now (taken, then released). */
-export { freePort } from '../../example-app/supervisord-daemon.js'
+export { freePort } from '../../lib/dev/supervisord-daemon.js'
 
 export type BackendHandler = (req: http.IncomingMessage, res: http.ServerResponse, backend: Backend) => void
 

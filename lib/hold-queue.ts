@@ -1,6 +1,8 @@
 import type { FastifyRequest } from 'fastify'
 import type { Peer, PeerChange } from './peer.js'
-import type { CommandEvent, Registry, Upstream } from './registry.js'
+import type { CommandEvent } from './events.js'
+import type { Registry } from './registry.js'
+import type { Upstream } from './upstream.js'
 import { HoldOverflowError, HoldTimeoutError, StartFailedError } from './errors.js'
 
 interface Held {

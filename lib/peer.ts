@@ -69,6 +69,7 @@ export class Peer {
   #failWindowStart = 0
   #failWindowCount = 0
   #passiveTimer: NodeJS.Timeout | undefined
+  #program: string | null = null
 
   inflight = 0
   requests = 0
@@ -101,6 +102,8 @@ export class Peer {
   }
 
   get upstream (): string { return this.#owner.name }
+  /** Its supervisord program name, once a supervisord bridge manages the upstream. */
+  get program (): string | null { return this.#program }
   get weight (): number { return this.#weight }
   get process (): ProcessState { return this.#process }
   get admin (): AdminState { return this.#admin }
@@ -122,6 +125,11 @@ export class Peer {
       this.#admin === 'ready' &&
       this.#health !== 'unhealthy' &&
       this.#passive === 'ok'
+  }
+
+  /** The supervisord bridge names the peer's program (configuration, set once at registration). */
+  assignProgram (program: string): void {
+    this.#program = program
   }
 
   setProcess (state: ProcessState, reason?: string): void {

@@ -4,7 +4,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import net from 'node:net'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { SupervisordClient, type SupervisordEndpoint } from '../plugins/supervisord-client.js'
+import { SupervisordClient, type SupervisordEndpoint } from '../supervisord-client.js'
 
 // A supervisord of our own, with its config in a directory we own, listening
 // on loopback only (and a unix socket in that directory). Used by the example

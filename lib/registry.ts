@@ -1,0 +1,103 @@
+import { EventEmitter } from 'node:events'
+import type { RegistryEvents } from './events.js'
+import { ADMIN_STATES, type AdminState, type Peer } from './peer.js'
+import { MAX_WEIGHT, Upstream, type UpstreamOptions } from './upstream.js'
+import { numberOption, optionError, showValue } from './options.js'
+
+export interface RegistryOptions {
+  /** By name, or as a list of `{ name, ...options }` (as a config file may hold them). */
+  upstreams: Record<string, UpstreamOptions> | Array<UpstreamOptions & { name: string }>
+}
+
+/** Option sections of an upstream that the registry itself reads. */
+const REGISTRY_SECTIONS = ['servers', 'balancer', 'hashKey']
+
+/**
+ * The upstreams and their peers' state, shared by every plugin of the suite.
+ * Plugins never call each other: they read and write peers here and listen
+ * to its events.
+ */
+export class Registry extends EventEmitter<RegistryEvents> {
+  readonly upstreams: ReadonlyMap<string, Upstream>
+  readonly #claimed = new Set(REGISTRY_SECTIONS)
+
+  constructor (options: RegistryOptions) {
+    super()
+    this.setMaxListeners(0)
+    if (typeof options?.upstreams !== 'object' || options.upstreams === null || Object.keys(options.upstreams).length === 0) {
+      throw optionError('registry', 'option "upstreams" must name at least one upstream: { upstreams: { backend: { servers: [...] } } }')
+    }
+    const upstreams = new Map<string, Upstream>()
+    for (const [name, upstream] of namedUpstreams(options.upstreams)) {
+      if (upstreams.has(name)) throw optionError(`upstream "${name}"`, 'is defined twice (upstream names must be unique)')
+      upstreams.set(name, new Upstream(this, name, upstream))
+    }
+    this.upstreams = upstreams
+  }
+
+  /** The upstream called `name`, or an error naming the ones there are. */
+  get (name: string): Upstream {
+    const upstream = this.upstreams.get(name)
+    if (upstream === undefined) {
+      throw new Error(`fastify-supervisord: unknown upstream "${name}" (known: ${[...this.upstreams.keys()].map(n => `"${n}"`).join(', ')})`)
+    }
+    return upstream
+  }
+
+  /** Takes a peer in (`ready`) or out of rotation (`drain`: in-flight requests finish; `maint`). */
+  setAdmin (upstream: string, index: number, state: AdminState, reason = 'operator'): Peer {
+    if (!ADMIN_STATES.includes(state)) {
+      throw new TypeError(`admin state must be one of ${ADMIN_STATES.join(', ')}, got ${showValue(state)}`)
+    }
+    const peer = this.get(upstream).peer(index)
+    peer.setAdmin(state, reason)
+    return peer
+  }
+
+  setWeight (upstream: string, index: number, weight: number): Peer {
+    const peer = this.get(upstream).peer(index)
+    peer.setWeight(numberOption(weight, 1, `upstream "${upstream}" server ${index}`, 'weight', { min: 1, max: MAX_WEIGHT, integer: true }))
+    return peer
+  }
+
+  /** A plugin says it reads this section of the upstreams' options. */
+  claim (section: string): void {
+    this.#claimed.add(section)
+  }
+
+  /** Options sections that no registered plugin reads: most likely typos. */
+  unclaimedSections (): string[] {
+    const unclaimed: string[] = []
+    for (const upstream of this.upstreams.values()) {
+      for (const key of Object.keys(upstream.options)) {
+        if (!this.#claimed.has(key)) unclaimed.push(`upstream "${upstream.name}": option "${key}"`)
+      }
+    }
+    return unclaimed
+  }
+
+  close (): void {
+    for (const upstream of this.upstreams.values()) {
+      for (const peer of upstream.peers) peer.dispose()
+    }
+  }
+}
+
+function namedUpstreams (upstreams: RegistryOptions['upstreams']): Array<[string, UpstreamOptions]> {
+  const entries: Array<[unknown, unknown]> = Array.isArray(upstreams)
+    ? upstreams.map((upstream, i) => [upstream?.name ?? `#${i}`, upstream])
+    : Object.entries(upstreams)
+  return entries.map(([name, upstream]) => {
+    if (typeof name !== 'string' || name === '' || /[^A-Za-z0-9_.-]/.test(name)) {
+      throw optionError(`upstream ${showValue(name)}`, 'name must be letters, digits, "_", "." or "-" (it prefixes supervisord program names)')
+    }
+    if (typeof upstream !== 'object' || upstream === null) {
+      throw optionError(`upstream "${name}"`, `must be an object with "servers", got ${showValue(upstream)}`)
+    }
+    if (Array.isArray(upstreams)) {
+      const { name: _name, ...rest } = upstream as UpstreamOptions & { name: string }
+      return [name, rest]
+    }
+    return [name, upstream as UpstreamOptions]
+  })
+}

@@ -1,0 +1,194 @@
+import type { FastifyBaseLogger } from 'fastify'
+import type { Registry } from './registry.js'
+import type { Peer } from './peer.js'
+import type { ScaleEvent } from './events.js'
+import type { Upstream } from './upstream.js'
+import { booleanOption, durationOption, numberOption, objectOption, optionError } from './options.js'
+
+export interface ScaleOptions {
+  /** Peers kept running whatever the load (default 0: an idle upstream stops everything). */
+  minRunning?: number
+  /** Peers running at most (default all). */
+  maxRunning?: number
+  /** Requests per second per running peer above which another is started (default 100). */
+  loadThreshold?: number
+  /** ms between two decisions on request rate (default 60000). */
+  window?: number
+  /** Stop a peer after a window with no request at all (default true). */
+  idleStop?: boolean
+  /** Mean in-flight requests per running peer that starts another at once (default off). */
+  targetInFlight?: number
+  /** ms over which in-flight must stay above `targetInFlight`; no scale-down within it (default 6000). */
+  panicWindow?: number
+}
+
+declare module './upstream.js' {
+  interface UpstreamOptions {
+    /** Load-based scaling of the peers supervisord runs (the fair patch of ngx_supervisord). */
+    scale?: ScaleOptions
+  }
+}
+
+const SCALE_KEYS = ['minRunning', 'maxRunning', 'loadThreshold', 'window', 'idleStop', 'targetInFlight', 'panicWindow']
+const PANIC_SAMPLES = 6
+// The seed's rule: below 40% of the threshold, one peer fewer would do.
+const LOW_LOAD = 0.4
+
+function settings (upstream: Upstream) {
+  const where = `upstream "${upstream.name}"`
+  const raw = objectOption(upstream.options.scale, where, 'scale', SCALE_KEYS) as ScaleOptions
+  const n = upstream.peers.length
+  const minRunning = numberOption(raw.minRunning, 0, where, 'scale.minRunning', { min: 0, max: n, integer: true })
+  const maxRunning = numberOption(raw.maxRunning, n, where, 'scale.maxRunning', { min: 1, max: n, integer: true })
+  if (minRunning > maxRunning) {
+    throw optionError(where, `option "scale.minRunning" (${minRunning}) must not exceed "scale.maxRunning" (${maxRunning})`)
+  }
+  const loadThreshold = numberOption(raw.loadThreshold, 100, where, 'scale.loadThreshold', { positive: true })
+  return {
+    minRunning,
+    maxRunning,
+    loadThreshold,
+    window: durationOption(raw.window, 60_000, where, 'scale.window', 10),
+    idleStop: booleanOption(raw.idleStop, true, where, 'scale.idleStop'),
+    targetInFlight: raw.targetInFlight === undefined ? undefined : numberOption(raw.targetInFlight, 0, where, 'scale.targetInFlight', { positive: true }),
+    panicWindow: durationOption(raw.panicWindow, 6000, where, 'scale.panicWindow', 10)
+  }
+}
+
+type Settings = ReturnType<typeof settings>
+
+/** One upstream's scaler: a decision every window on request rate, and a fast path on in-flight. */
+class UpstreamScaler {
+  readonly #registry: Registry
+  readonly #log: FastifyBaseLogger
+  readonly #upstream: Upstream
+  readonly #settings: Settings
+  #windowTimer: NodeJS.Timeout | undefined
+  #panicTimer: NodeJS.Timeout | undefined
+  #lastRequests = 0
+  #inflightSamples: number[] = []
+  #panicUntil = 0
+
+  constructor (registry: Registry, log: FastifyBaseLogger, upstream: Upstream, scaleSettings: Settings) {
+    this.#registry = registry
+    this.#log = log
+    this.#upstream = upstream
+    this.#settings = scaleSettings
+  }
+
+  start (): void {
+    // minRunning holds from the start, not from the end of the first window.
+    const up = this.#upstream.peers.filter(peer => peer.running)
+    for (let missing = this.#settings.minRunning - up.length; missing > 0; missing--) this.#start(0, up.length, 'min running')
+    this.#lastRequests = this.#totalRequests()
+    this.#windowTimer = setTimeout(() => this.#onWindow(), this.#settings.window).unref()
+    if (this.#settings.targetInFlight !== undefined) {
+      this.#panicTimer = setTimeout(() => this.#onSample(), this.#settings.panicWindow / PANIC_SAMPLES).unref()
+    }
+  }
+
+  stop (): void {
+    clearTimeout(this.#windowTimer)
+    clearTimeout(this.#panicTimer)
+  }
+
+  #totalRequests (): number {
+    let total = 0
+    for (const peer of this.#upstream.peers) total += peer.requests
+    return total
+  }
+
+  #onWindow (): void {
+    const total = this.#totalRequests()
+    const requests = total - this.#lastRequests
+    this.#lastRequests = total
+    const up = this.#upstream.peers.filter(peer => peer.running)
+    const load = requests / (this.#settings.window / 1000) / Math.max(up.length, 1)
+    this.#decide(requests, load, up)
+    this.#windowTimer = setTimeout(() => this.#onWindow(), this.#settings.window).unref()
+  }
+
+  #decide (requests: number, load: number, up: Peer[]): void {
+    const { minRunning, maxRunning, loadThreshold, idleStop } = this.#settings
+    if (up.length < minRunning) {
+      this.#start(load, up.length, 'min running')
+    } else if (load > loadThreshold) {
+      if (up.length < maxRunning) this.#start(load, up.length, 'load')
+    } else if (Date.now() < this.#panicUntil || up.length <= minRunning || up.some(peer => peer.process === 'starting')) {
+      // In a burst, at the floor, or a start still under way (it counts as
+      // capacity but cannot serve yet): keep what runs.
+    } else if (requests === 0 && !up.some(peer => peer.inflight > 0)) {
+      // idle: nothing started in the window and nothing still in flight (a slow request is not idleness)
+      if (idleStop) this.#stop(load, up, 'idle')
+    } else if (load < LOW_LOAD * loadThreshold && up.length > 1) {
+      this.#stop(load, up, 'low load')
+    }
+  }
+
+  #onSample (): void {
+    const { targetInFlight, panicWindow } = this.#settings
+    const up = this.#upstream.peers.filter(peer => peer.running)
+    let inflight = 0
+    for (const peer of this.#upstream.peers) inflight += peer.inflight
+    const samples = this.#inflightSamples
+    samples.push(inflight / Math.max(up.length, 1))
+    if (samples.length > PANIC_SAMPLES) samples.shift()
+    const mean = samples.reduce((a, b) => a + b, 0) / samples.length
+    if (samples.length >= 2 && mean > (targetInFlight as number)) {
+      this.#panicUntil = Date.now() + panicWindow
+      // One at a time: wait for the last start to land before asking again.
+      if (up.length < this.#settings.maxRunning && !up.some(peer => peer.process === 'starting')) {
+        this.#start(mean, up.length, 'in-flight')
+        samples.length = 0
+      }
+    }
+    this.#panicTimer = setTimeout(() => this.#onSample(), panicWindow / PANIC_SAMPLES).unref()
+  }
+
+  #start (load: number, runningCount: number, reason: ScaleEvent['reason']): void {
+    // A peer already asked for is no longer down (the bridge sets it starting at once).
+    const peer = this.#upstream.peers.find(p => p.process === 'down' && p.admin !== 'maint')
+    if (peer !== undefined) this.#emit('start', peer, load, runningCount, reason)
+  }
+
+  #stop (load: number, up: Peer[], reason: ScaleEvent['reason']): void {
+    const peer = up.filter(p => p.process === 'up').pop()
+    if (peer !== undefined) this.#emit('stop', peer, load, up.length, reason)
+  }
+
+  #emit (action: ScaleEvent['action'], peer: Peer, load: number, runningCount: number, reason: ScaleEvent['reason']): void {
+    const event: ScaleEvent = {
+      upstream: this.#upstream.name,
+      action,
+      index: peer.index,
+      load: Math.round(load * 100) / 100,
+      running: runningCount,
+      threshold: reason === 'in-flight' ? this.#settings.targetInFlight as number : this.#settings.loadThreshold,
+      reason,
+      at: Date.now()
+    }
+    this.#log.info(event, `scale ${action} ${this.#upstream.name}${peer.index}: ${reason}`)
+    this.#registry.emit('scale', event)
+  }
+}
+
+/** A scaler for every upstream with a `scale` section; the registry claims the section. */
+export class Scaler {
+  readonly #scalers: UpstreamScaler[] = []
+
+  constructor (registry: Registry, log: FastifyBaseLogger) {
+    registry.claim('scale')
+    for (const upstream of registry.upstreams.values()) {
+      if (upstream.options.scale === undefined) continue
+      this.#scalers.push(new UpstreamScaler(registry, log, upstream, settings(upstream)))
+    }
+  }
+
+  start (): void {
+    for (const scaler of this.#scalers) scaler.start()
+  }
+
+  stop (): void {
+    for (const scaler of this.#scalers) scaler.stop()
+  }
+}

@@ -1,0 +1,181 @@
+import type { EventEmitter } from 'node:events'
+import type { FastifyRequest } from 'fastify'
+import type { Balancer, BalancedUpstream, RoutableTiers } from '../balancers/balancer.js'
+import { BALANCER_NAMES, createBalancer, isBalancer, type BalancerName } from '../balancers/index.js'
+import type { HashKey } from '../balancers/hash.js'
+import type { RegistryEvents } from './events.js'
+import { Peer, type PeerChange, type PeerOwner } from './peer.js'
+import { booleanOption, durationOption, numberOption, optionError, rejectUnknownOptions, showValue, splitHostPort } from './options.js'
+
+export interface ServerOptions {
+  /** `host:port`, `[v6]:port` or `http://host:port`. */
+  address: string
+  /** Share of traffic relative to the other peers (default 1). */
+  weight?: number
+  /** Used only when no primary peer is routable. */
+  backup?: boolean
+  /** Starts out down (with supervisord: when `inheritBackendStatus` is set). */
+  down?: boolean
+  /** Passive failures within `failTimeout` that take the peer out (default 1, 0 disables). */
+  maxFails?: number
+  /** Window for `maxFails` and time out of rotation, in ms (default 10000). */
+  failTimeout?: number
+}
+
+/**
+ * One upstream's configuration. Plugins that read a section of their own
+ * (supervisord, healthCheck, scale) add it here by declaration merging and
+ * claim it at registration.
+ */
+export interface UpstreamOptions {
+  servers: Array<string | ServerOptions>
+  /** Default `round-robin`; or any object implementing `Balancer`. */
+  balancer?: BalancerName | Balancer
+  /** For `balancer: 'hash'`: where the key is read (default the URL). */
+  hashKey?: HashKey
+}
+
+const SERVER_KEYS = ['address', 'weight', 'backup', 'down', 'maxFails', 'failTimeout']
+export const MAX_WEIGHT = 1000
+
+export class Upstream implements PeerOwner, BalancedUpstream {
+  readonly name: string
+  readonly peers: readonly Peer[]
+  readonly balancer: Balancer
+  /** The upstream's whole configuration, for the plugins that own its other sections. */
+  readonly options: Readonly<UpstreamOptions>
+  version = 0
+  /**
+   * Set by a plugin that can start peers on demand (the supervisord bridge,
+   * not in `none` mode): the proxy then holds requests while no peer is
+   * routable, and emits `demand`, instead of answering 503 at once.
+   */
+  startsOnDemand = false
+  #supervisord = 'none'
+  readonly #registry: EventEmitter<RegistryEvents>
+  #tiers: RoutableTiers = { primary: [], backup: [] }
+  #tiersVersion = -1
+
+  constructor (registry: EventEmitter<RegistryEvents>, name: string, options: UpstreamOptions) {
+    const where = `upstream "${name}"`
+    this.#registry = registry
+    this.name = name
+    this.options = options
+    if (!Array.isArray(options.servers) || options.servers.length === 0) {
+      throw optionError(where, 'option "servers" must be a non-empty array of addresses or server objects')
+    }
+    this.peers = options.servers.map((server, index) => new Peer(this, serverConfig(server, index, `${where} server ${index}`)))
+    this.balancer = balancerOf(options, where)
+  }
+
+  /** Where the supervisord of this upstream listens, never with credentials (`none` without one). */
+  get supervisord (): string { return this.#supervisord }
+
+  /** The supervisord bridge says where this upstream's supervisord listens and names each peer's program. */
+  assignSupervisord (label: string, programs: readonly string[]): void {
+    this.#supervisord = label
+    for (const peer of this.peers) peer.assignProgram(programs[peer.index])
+  }
+
+  peerChanged (change: PeerChange): void {
+    this.version++
+    this.#registry.emit('change', change)
+  }
+
+  inflightChanged (peer: Peer): void {
+    this.balancer.inflightChanged?.(peer)
+  }
+
+  routableTiers (): RoutableTiers {
+    if (this.#tiersVersion !== this.version) {
+      const primary: Peer[] = []
+      const backup: Peer[] = []
+      for (const peer of this.peers) {
+        if (peer.routable) (peer.backup ? backup : primary).push(peer)
+      }
+      this.#tiers = { primary, backup }
+      this.#tiersVersion = this.version
+    }
+    return this.#tiers
+  }
+
+  /** Some peer takes requests right now (passive failures included). */
+  get routable (): boolean {
+    const tiers = this.routableTiers()
+    return tiers.primary.length > 0 || tiers.backup.length > 0
+  }
+
+  pick (request: FastifyRequest, exclude?: readonly Peer[]): Peer | undefined {
+    return this.balancer.pick(this, request, exclude)
+  }
+
+  /** The peer at `index`, or an error naming the valid range. */
+  peer (index: number): Peer {
+    const peer = this.peers[index]
+    if (peer === undefined) {
+      throw new RangeError(`upstream "${this.name}" has no server ${index} (valid: 0..${this.peers.length - 1})`)
+    }
+    return peer
+  }
+
+  /** Asks whoever can start peers (the supervisord bridge) for one. */
+  demand (): void {
+    this.#registry.emit('demand', { upstream: this.name, at: Date.now() })
+  }
+}
+
+function balancerOf (options: UpstreamOptions, where: string): Balancer {
+  const balancer = options.balancer ?? 'round-robin'
+  if (isBalancer(balancer)) return balancer
+  if (!BALANCER_NAMES.includes(balancer)) {
+    throw optionError(where, `option "balancer" must be one of ${BALANCER_NAMES.join(', ')} or an object with a pick() method, got ${showValue(balancer)}`)
+  }
+  if (options.hashKey !== undefined && balancer !== 'hash') {
+    throw optionError(where, `option "hashKey" is only read by balancer "hash" (balancer is "${balancer}")`)
+  }
+  if (options.hashKey !== undefined && !validHashKey(options.hashKey)) {
+    throw optionError(where, `option "hashKey" must be "url", { header: name }, { cookie: name } or a function, got ${showValue(options.hashKey)}`)
+  }
+  return createBalancer(balancer, options.hashKey)
+}
+
+function validHashKey (key: unknown): boolean {
+  if (key === 'url' || typeof key === 'function') return true
+  if (typeof key !== 'object' || key === null) return false
+  const value = (key as Record<string, unknown>).header ?? (key as Record<string, unknown>).cookie
+  return Object.keys(key).length === 1 && typeof value === 'string' && value !== ''
+}
+
+/** `host:port`, `[v6]:port` or `http://host:port[/]`, into host and port. */
+export function parseAddress (address: unknown, where: string): { host: string, port: number } {
+  let hostPort = typeof address === 'string' ? address : ''
+  if (/^http:\/\//i.test(hostPort)) {
+    const url = URL.canParse(hostPort) ? new URL(hostPort) : undefined
+    if (url === undefined || url.port === '' || (url.pathname !== '/' && url.pathname !== '') || url.search !== '' || url.username !== '') {
+      throw optionError(where, `option "address" must be host:port or http://host:port (no path), got ${showValue(address)}`)
+    }
+    hostPort = url.host
+  }
+  const parts = splitHostPort(hostPort)
+  if (parts === undefined) {
+    throw optionError(where, `option "address" must be host:port with a port from 1 to 65535, got ${showValue(address)}`)
+  }
+  return parts
+}
+
+function serverConfig (server: string | ServerOptions, index: number, where: string) {
+  const options: ServerOptions = typeof server === 'string' ? { address: server } : server
+  if (typeof options !== 'object' || options === null) {
+    throw optionError(where, `must be an address string or an object with "address", got ${showValue(server)}`)
+  }
+  rejectUnknownOptions(options, SERVER_KEYS, where)
+  return {
+    index,
+    ...parseAddress(options.address, where),
+    weight: numberOption(options.weight, 1, where, 'weight', { min: 1, max: MAX_WEIGHT, integer: true }),
+    backup: booleanOption(options.backup, false, where, 'backup'),
+    down: booleanOption(options.down, false, where, 'down'),
+    maxFails: numberOption(options.maxFails, 1, where, 'maxFails', { min: 0, integer: true }),
+    failTimeout: durationOption(options.failTimeout, 10_000, where, 'failTimeout')
+  }
+}
