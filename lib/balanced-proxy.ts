@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyReplyFromHooks } from '@fastify/reply-from'
 import type { Peer } from './peer.js'
 import type { Registry } from './registry.js'
 import type { Upstream } from './upstream.js'
@@ -11,21 +12,25 @@ import { IDEMPOTENT, failureOf, hasBody } from './proxy-failure.js'
 export const kAttempt = Symbol('fastify-supervisord.attempt')
 
 interface Attempt {
+  /** The request and its reply as the route saw them (reply-from's hooks see them typed for any raw server). */
+  request: FastifyRequest
+  reply: FastifyReply
   /** Peers already tried by this request (set only after a failure). */
   tried: Peer[] | null
   /** Path sent to the peer, kept for a retry on another peer. */
   dest: string
 }
 
-type AttemptCarrier = FastifyRequest & { [kAttempt]?: Attempt }
+type AttemptCarrier = BalancedRequest & { [kAttempt]?: Attempt }
 
 /** reply-from's part of a dispatch: where to send, what to do on an error or a response. */
-export interface FromOptions {
-  getUpstream: (request: FastifyRequest) => string
-  onError: (reply: FastifyReply, details: { error: Error }) => void
-  onResponse?: (request: FastifyRequest, reply: FastifyReply, res: { statusCode: number, stream: NodeJS.ReadableStream }) => void
-  retryDelay: () => null
-}
+type FromOptions = Required<Pick<FastifyReplyFromHooks, 'getUpstream' | 'onError' | 'retryDelay'>> & Pick<FastifyReplyFromHooks, 'onResponse'>
+type FromRequest = Parameters<FromOptions['getUpstream']>[0]
+type FromReply = Parameters<FromOptions['onError']>[0]
+type FromResponse = Parameters<NonNullable<FromOptions['onResponse']>>[2]
+/** What the proxy touches of a request and a reply, whichever raw server Fastify runs on. */
+type BalancedRequest = Pick<FastifyRequest, 'upstreamPeer'>
+interface HeaderSetter { header: (name: string, value: string) => unknown }
 
 /**
  * The balancing of one proxy: a peer is picked per request (or the request is
@@ -44,7 +49,7 @@ export class BalancedProxy {
     this.#config = config
     this.#hold = new HoldQueue(upstream, registry, config)
     this.fromOptions = {
-      getUpstream: (request: FastifyRequest) => (request.upstreamPeer as Peer).origin,
+      getUpstream: (request: FromRequest) => (request.upstreamPeer as Peer).origin,
       onError: this.#onError,
       onResponse: config.failStatuses.size > 0 ? this.#onResponse : undefined,
       // Never retry on the same peer (reply-from's default retries a GET
@@ -53,12 +58,12 @@ export class BalancedProxy {
     }
   }
 
-  #assign (request: FastifyRequest, reply: FastifyReply, peer: Peer): void {
+  #assign (request: BalancedRequest, reply: HeaderSetter, peer: Peer): void {
     request.upstreamPeer = peer
     if (this.#config.peerHeader !== undefined) reply.header(this.#config.peerHeader, peer.address)
   }
 
-  #release (request: FastifyRequest): void {
+  #release (request: BalancedRequest): void {
     const peer = request.upstreamPeer
     if (peer === null) return
     request.upstreamPeer = null
@@ -96,22 +101,23 @@ export class BalancedProxy {
 
   /** The route handler: reply-from adds the request's query string to `dest` itself. */
   readonly handle = (request: FastifyRequest, reply: FastifyReply, dest: string): void => {
-    (request as AttemptCarrier)[kAttempt] = { tried: null, dest }
-    this.#dispatch(request, reply)
+    const attempt: Attempt = { request, reply, tried: null, dest }
+    ;(request as AttemptCarrier)[kAttempt] = attempt
+    this.#dispatch(attempt)
   }
 
-  #dispatch (request: FastifyRequest, reply: FastifyReply): void {
-    reply.from((request as AttemptCarrier)[kAttempt]?.dest, this.fromOptions as never)
+  #dispatch (attempt: Attempt): void {
+    attempt.reply.from(attempt.dest, this.fromOptions)
   }
 
-  readonly #onError = (reply: FastifyReply, { error }: { error: Error }): void => {
-    const request = reply.request
-    const peer = request.upstreamPeer
-    const attempt = (request as AttemptCarrier)[kAttempt]
+  readonly #onError = (fromReply: FromReply, { error }: { error: Error }): void => {
+    const attempt = (fromReply.request as AttemptCarrier)[kAttempt]
+    const peer = fromReply.request.upstreamPeer
     if (peer === null || attempt === undefined) {
-      reply.send(error)
+      fromReply.send(error)
       return
     }
+    const { request, reply } = attempt
     const failure = failureOf(error)
     peer.recordFailure(failure.reason)
     request.log.warn({ upstream: this.#upstream.name, peer: peer.address, reason: failure.reason }, 'peer failed')
@@ -124,14 +130,14 @@ export class BalancedProxy {
     if (next !== undefined) {
       next.acquire()
       this.#assign(request, reply, next)
-      this.#dispatch(request, reply)
+      this.#dispatch(attempt)
       return
     }
     const ErrorType = failure.timeout ? PeerTimeoutError : PeerConnectError
     reply.send(new ErrorType(peer.address, this.#upstream.name, failure.reason))
   }
 
-  readonly #onResponse = (request: FastifyRequest, reply: FastifyReply, res: { statusCode: number, stream: NodeJS.ReadableStream }): void => {
+  readonly #onResponse = (request: FromRequest, reply: FromReply, res: FromResponse): void => {
     if (this.#config.failStatuses.has(res.statusCode)) request.upstreamPeer?.recordFailure(`status ${res.statusCode}`)
     reply.send(res.stream)
   }

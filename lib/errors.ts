@@ -1,6 +1,26 @@
 import createError from '@fastify/error'
 
-// Every error the suite answers with is made here once, with its code and status.
+// Every error the suite throws or answers with is made here once, with its
+// code and status. Mistakes in how the suite is set up or called (options,
+// names, arguments) are TypeErrors, as Fastify core's own FST_ERR_* are.
+
+/** A bad option at registration: `fastify-supervisord: <where>: <what>`. */
+export const OptionError = createError(
+  'FST_SUPERVISORD_OPTION', 'fastify-supervisord: %s: %s', 500, TypeError)
+/** An option section that no registered plugin reads (most likely a typo), found at `ready()`. */
+export const UnreadOptionError = createError(
+  'FST_SUPERVISORD_UNREAD_OPTION', 'fastify-supervisord: no registered plugin reads %s (misspelt, or its plugin is not registered)', 500, TypeError)
+export const UnknownUpstreamError = createError(
+  'FST_SUPERVISORD_UNKNOWN_UPSTREAM', 'fastify-supervisord: unknown upstream "%s" (known: %s)', 500, TypeError)
+export const NotManagedError = createError(
+  'FST_SUPERVISORD_NOT_MANAGED', 'fastify-supervisord: upstream "%s" has no "supervisord" option (use supervisord: "none" to start and stop peers without a daemon)', 500, TypeError)
+export const BadAdminStateError = createError(
+  'FST_SUPERVISORD_BAD_ADMIN_STATE', 'admin state must be one of %s, got %s', 400, TypeError)
+export const BadCommandError = createError(
+  'FST_SUPERVISORD_BAD_COMMAND', 'command must be "start" or "stop", got %s', 400, TypeError)
+/** The one "no such peer" error, for the API and the routes alike. */
+export const PeerOutOfRangeError = createError(
+  'FST_SUPERVISORD_BACKEND_OUT_OF_RANGE', 'Upstream "%s" has no backend %s (valid: 0..%d or any)', 404, RangeError)
 
 export const NoPeerError = createError(
   'FST_SUPERVISORD_NO_PEER', 'No routable peer in upstream "%s"', 503)
@@ -14,12 +34,44 @@ export const HoldTimeoutError = createError(
   'FST_SUPERVISORD_HOLD_TIMEOUT', 'No peer of upstream "%s" became routable within %d ms', 503)
 export const StartFailedError = createError(
   'FST_SUPERVISORD_START_FAILED', 'Could not start a peer of upstream "%s": %s', 502)
+
+/** The base of every supervisord failure: a call that failed, or a command that did. */
+export const SupervisordFailure = createError(
+  'FST_SUPERVISORD_FAILURE', '%s', 502)
+// @fastify/error types `Base` as ErrorConstructor; it only reads its prototype,
+// so one of its own error classes serves as a base (instanceof then holds).
+const supervisordBase = SupervisordFailure as unknown as ErrorConstructor
+/** A command carried out with `?wait=1` failed: supervisord refused it or the program did not start. */
 export const SupervisordError = createError(
-  'FST_SUPERVISORD_COMMAND_FAILED', '%s', 502)
+  'FST_SUPERVISORD_COMMAND_FAILED', '%s', 502, supervisordBase)
+/** A command carried out with `?wait=1` could not reach supervisord. */
 export const SupervisordUnavailableError = createError(
-  'FST_SUPERVISORD_UNAVAILABLE', '%s', 503)
-export const BackendOutOfRangeError = createError(
-  'FST_SUPERVISORD_BACKEND_OUT_OF_RANGE', 'Upstream "%s" has no backend %s (valid: 0..%d or any)', 404)
+  'FST_SUPERVISORD_UNAVAILABLE', '%s', 503, supervisordBase)
+const SupervisordCallFailure = createError(
+  'FST_SUPERVISORD_CALL', '%s', 502, supervisordBase)
+
+/**
+ * A failed call: `fault` is supervisord's fault name (BAD_NAME, SPAWN_ERROR,
+ * ...) or a transport failure (TIMEOUT, UNAUTHORIZED, UNREACHABLE, ABORTED,
+ * PROTOCOL).
+ */
+export class SupervisordCallError extends SupervisordCallFailure {
+  readonly fault: string
+  /** supervisord's numeric fault code, when it answered with a fault. */
+  readonly faultCode: number | undefined
+  readonly method: string
+  readonly program: string | undefined
+
+  constructor (message: string, details: { fault: string, faultCode?: number, method: string, program?: string }, cause?: unknown) {
+    super(message, { cause })
+    this.name = 'SupervisordCallError'
+    this.fault = details.fault
+    this.faultCode = details.faultCode
+    this.method = details.method
+    this.program = details.program
+  }
+}
+
 export const ForbiddenError = createError(
   'FST_SUPERVISORD_FORBIDDEN', '%s', 403)
 export const BadQueryError = createError(

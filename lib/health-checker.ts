@@ -2,7 +2,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { CheckResult, HealthState, Peer, PeerChange, ProcessState } from './peer.js'
 import type { Registry } from './registry.js'
 import { probe, DEFAULT_MAX_BODY, DEFAULT_PROBE_TIMEOUT, DEFAULT_STATUS, type ExpectedStatus, type ProbeOptions } from './health-probe.js'
-import { durationOption, numberOption, objectOption, oneOfOption, optionError, rejectUnknownOptions, showValue, stringOption } from './options.js'
+import { optionKeys, durationOption, numberOption, objectOption, oneOfOption, optionError, rejectUnknownOptions, showValue, stringOption } from './options.js'
 
 /** An upstream's `healthCheck` section: active checks of each of its peers. */
 export interface HealthCheckOptions {
@@ -60,10 +60,10 @@ interface HealthSettings {
 
 /** ms at most between the first checks of two peers of an upstream. */
 const SPREAD_STEP = 10
-const CHECK_OPTIONS = ['interval', 'jitter', 'timeout', 'rise', 'fall', 'type', 'method', 'path', 'headers', 'status', 'body',
-  'maxBody', 'initialState']
-const HTTP_ONLY = ['method', 'path', 'headers', 'status', 'body', 'maxBody']
-const PLUGIN_OPTIONS = ['history']
+const CHECK_OPTIONS = optionKeys<HealthCheckOptions>()('interval', 'jitter', 'timeout', 'rise', 'fall', 'type', 'method', 'path',
+  'headers', 'status', 'body', 'maxBody', 'initialState')
+const HTTP_ONLY = ['method', 'path', 'headers', 'status', 'body', 'maxBody'] as const satisfies ReadonlyArray<keyof HealthCheckOptions>
+const PLUGIN_OPTIONS = optionKeys<HealthPluginOptions>()('history')
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 // Control characters are exactly what these two refuse.
 // eslint-disable-next-line no-control-regex
@@ -186,8 +186,7 @@ class PeerChecker {
     if (state === 'up' || state === 'starting') return this.#checkNow()
     this.#pause()
     if (state === 'down') {
-      this.#peer.rise = 0
-      this.#peer.fall = 0
+      this.#peer.resetCheckRuns()
       this.#setHealth(this.#settings.initialState === 'down' ? 'unhealthy' : 'unknown', 'process down')
     }
   }
@@ -249,17 +248,11 @@ class PeerChecker {
 
   #record (result: CheckResult): void {
     const peer = this.#peer
-    peer.lastCheck = result
-    peer.checks.push(result)
-    if (peer.checks.length > this.#history) peer.checks.splice(0, peer.checks.length - this.#history)
+    peer.recordCheck(result, this.#history)
     if (result.ok) {
-      peer.rise++
-      peer.fall = 0
       if (peer.rise >= this.#settings.rise) this.#setHealth('healthy', result.reason)
-    } else {
-      peer.fall++
-      peer.rise = 0
-      if (peer.fall >= this.#settings.fall) this.#setHealth('unhealthy', result.reason)
+    } else if (peer.fall >= this.#settings.fall) {
+      this.#setHealth('unhealthy', result.reason)
     }
   }
 

@@ -1,8 +1,10 @@
+import { OptionError } from './errors.js'
+
 // Option checks shared by every plugin: each failure names where (upstream,
 // server index) and which option was wrong, and what was given.
 
 export function optionError (where: string, message: string): Error {
-  return new Error(`fastify-supervisord: ${where}: ${message}`)
+  return new OptionError(where, message)
 }
 
 function show (value: unknown): string {
@@ -85,4 +87,15 @@ export function splitHostPort (text: string): { host: string, port: number } | u
   const port = Number(match[2])
   if (port < 1 || port > 65535) return undefined
   return { host: match[1].startsWith('[') ? match[1].slice(1, -1) : match[1], port }
+}
+
+/**
+ * The keys of an options interface as a list, checked by the compiler both
+ * ways: a name the interface lacks, or one of its keys left out, is a type
+ * error, so the list that unknown options are held against cannot drift.
+ */
+export function optionKeys<T extends object> () {
+  return <const K extends ReadonlyArray<keyof T & string>>(
+    ...keys: K & ([Exclude<keyof T, K[number]>] extends [never] ? unknown : { missing: Exclude<keyof T, K[number]> })
+  ): readonly string[] => keys
 }

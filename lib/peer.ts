@@ -71,19 +71,14 @@ export class Peer {
   #passiveTimer: NodeJS.Timeout | undefined
   #program: string | null = null
 
-  inflight = 0
-  requests = 0
-  /** Passive failures counted since start. */
-  fails = 0
-  lastChange = Date.now()
-  /** Set by the supervisord bridge when it knows the process id. */
-  pid: number | null = null
-  /** Consecutive passing (rise) and failing (fall) active checks. */
-  rise = 0
-  fall = 0
-  lastCheck: CheckResult | null = null
-  /** Most recent active checks, oldest first, bounded by the health checker. */
-  readonly checks: CheckResult[] = []
+  #inflight = 0
+  #requests = 0
+  #fails = 0
+  #lastChange = Date.now()
+  #pid: number | null = null
+  #rise = 0
+  #fall = 0
+  readonly #checks: CheckResult[] = []
 
   constructor (owner: PeerOwner, config: PeerConfig) {
     this.#owner = owner
@@ -109,6 +104,23 @@ export class Peer {
   get admin (): AdminState { return this.#admin }
   get health (): HealthState { return this.#health }
   get passive (): PassiveState { return this.#passive }
+  /** Requests sent to it and not ended yet. */
+  get inflight (): number { return this.#inflight }
+  /** Requests sent to it since start. */
+  get requests (): number { return this.#requests }
+  /** Passive failures counted since start. */
+  get fails (): number { return this.#fails }
+  /** Epoch ms of the last announced change of any dimension. */
+  get lastChange (): number { return this.#lastChange }
+  /** Its process id, when the supervisord bridge knows it. */
+  get pid (): number | null { return this.#pid }
+  /** Consecutive passing active checks. */
+  get rise (): number { return this.#rise }
+  /** Consecutive failing active checks. */
+  get fall (): number { return this.#fall }
+  /** Most recent active checks, oldest first, bounded by the health checker. */
+  get checks (): readonly CheckResult[] { return this.#checks }
+  get lastCheck (): CheckResult | null { return this.#checks.at(-1) ?? null }
 
   /** Its process runs or is being started: what scaling and `any` count as running. */
   get running (): boolean {
@@ -160,16 +172,44 @@ export class Peer {
     this.#changed('weight', from, weight)
   }
 
+  /** The supervisord bridge read the process id (null: not running). */
+  setPid (pid: number | null): void {
+    this.#pid = pid
+  }
+
+  /**
+   * The health checker's result of one check: kept in `checks` (at most
+   * `history` of them) and counted in the rise/fall runs. Health itself is set
+   * by the checker, which knows the thresholds.
+   */
+  recordCheck (result: CheckResult, history: number): void {
+    this.#checks.push(result)
+    if (this.#checks.length > history) this.#checks.splice(0, this.#checks.length - history)
+    if (result.ok) {
+      this.#rise++
+      this.#fall = 0
+    } else {
+      this.#fall++
+      this.#rise = 0
+    }
+  }
+
+  /** The process went down: rise and fall runs start again. */
+  resetCheckRuns (): void {
+    this.#rise = 0
+    this.#fall = 0
+  }
+
   /** A request was sent to this peer. */
   acquire (): void {
-    this.inflight++
-    this.requests++
+    this.#inflight++
+    this.#requests++
     this.#owner.inflightChanged(this)
   }
 
   /** A request sent to this peer ended (response done, error or client gone). */
   release (): void {
-    this.inflight--
+    this.#inflight--
     this.#owner.inflightChanged(this)
   }
 
@@ -179,7 +219,7 @@ export class Peer {
    * maxFails of them take the peer out for failTimeout. maxFails 0 disables it.
    */
   recordFailure (reason: string, now = Date.now()): void {
-    this.fails++
+    this.#fails++
     if (this.maxFails === 0 || this.#passive === 'failed') return
     if (now - this.#failWindowStart > this.failTimeout) {
       this.#failWindowStart = now
@@ -210,7 +250,7 @@ export class Peer {
 
   #changed (field: PeerChange['field'], from: string | number, to: string | number, reason?: string): void {
     const at = Date.now()
-    this.lastChange = at
+    this.#lastChange = at
     this.#owner.peerChanged({ upstream: this.#owner.name, index: this.index, field, from, to, reason, at })
   }
 }

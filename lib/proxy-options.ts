@@ -1,5 +1,5 @@
 import type { Upstream } from './upstream.js'
-import { booleanOption, durationOption, numberOption, optionError, rejectUnknownOptions, showValue, stringOption } from './options.js'
+import { optionKeys, booleanOption, durationOption, numberOption, optionError, rejectUnknownOptions, showValue, stringOption } from './options.js'
 
 export interface ProxyOptions {
   /** Name of the upstream (in the registry) to balance over. */
@@ -36,9 +36,9 @@ export interface ProxyOptions {
   disableRequestLogging?: boolean
 }
 
-const KNOWN_OPTIONS = ['upstream', 'prefix', 'rewritePrefix', 'httpMethods', 'connectTimeout', 'headersTimeout', 'bodyTimeout',
-  'keepAliveTimeout', 'connections', 'nextUpstreamTries', 'failStatuses', 'peerHeader', 'retryAfter', 'maxHeld', 'holdTimeout',
-  'disableRequestLogging']
+const KNOWN_OPTIONS = optionKeys<ProxyOptions>()('upstream', 'prefix', 'rewritePrefix', 'httpMethods', 'connectTimeout',
+  'headersTimeout', 'bodyTimeout', 'keepAliveTimeout', 'connections', 'nextUpstreamTries', 'failStatuses', 'peerHeader', 'retryAfter',
+  'maxHeld', 'holdTimeout', 'disableRequestLogging')
 
 /** The proxy's options, checked, with their defaults filled in. */
 export function settings (options: ProxyOptions, upstream: Upstream) {

@@ -3,6 +3,7 @@ import type { RegistryEvents } from './events.js'
 import { ADMIN_STATES, type AdminState, type Peer } from './peer.js'
 import { MAX_WEIGHT, Upstream, type UpstreamOptions } from './upstream.js'
 import { numberOption, optionError, showValue } from './options.js'
+import { BadAdminStateError, UnknownUpstreamError } from './errors.js'
 
 export interface RegistryOptions {
   /** By name, or as a list of `{ name, ...options }` (as a config file may hold them). */
@@ -10,7 +11,7 @@ export interface RegistryOptions {
 }
 
 /** Option sections of an upstream that the registry itself reads. */
-const REGISTRY_SECTIONS = ['servers', 'balancer', 'hashKey']
+const REGISTRY_SECTIONS = ['servers', 'balancer', 'hashKey'] as const satisfies ReadonlyArray<keyof UpstreamOptions>
 
 /**
  * The upstreams and their peers' state, shared by every plugin of the suite.
@@ -19,7 +20,7 @@ const REGISTRY_SECTIONS = ['servers', 'balancer', 'hashKey']
  */
 export class Registry extends EventEmitter<RegistryEvents> {
   readonly upstreams: ReadonlyMap<string, Upstream>
-  readonly #claimed = new Set(REGISTRY_SECTIONS)
+  readonly #claimed = new Set<string>(REGISTRY_SECTIONS)
 
   constructor (options: RegistryOptions) {
     super()
@@ -39,7 +40,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   get (name: string): Upstream {
     const upstream = this.upstreams.get(name)
     if (upstream === undefined) {
-      throw new Error(`fastify-supervisord: unknown upstream "${name}" (known: ${[...this.upstreams.keys()].map(n => `"${n}"`).join(', ')})`)
+      throw new UnknownUpstreamError(name, [...this.upstreams.keys()].map(n => `"${n}"`).join(', '))
     }
     return upstream
   }
@@ -47,7 +48,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   /** Takes a peer in (`ready`) or out of rotation (`drain`: in-flight requests finish; `maint`). */
   setAdmin (upstream: string, index: number, state: AdminState, reason = 'operator'): Peer {
     if (!ADMIN_STATES.includes(state)) {
-      throw new TypeError(`admin state must be one of ${ADMIN_STATES.join(', ')}, got ${showValue(state)}`)
+      throw new BadAdminStateError(ADMIN_STATES.join(', '), showValue(state))
     }
     const peer = this.get(upstream).peer(index)
     peer.setAdmin(state, reason)

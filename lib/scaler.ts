@@ -3,7 +3,7 @@ import type { Registry } from './registry.js'
 import type { Peer } from './peer.js'
 import type { ScaleEvent } from './events.js'
 import type { Upstream } from './upstream.js'
-import { booleanOption, durationOption, numberOption, objectOption, optionError } from './options.js'
+import { optionKeys, booleanOption, durationOption, numberOption, objectOption, optionError } from './options.js'
 
 export interface ScaleOptions {
   /** Peers kept running whatever the load (default 0: an idle upstream stops everything). */
@@ -29,7 +29,7 @@ declare module './upstream.js' {
   }
 }
 
-const SCALE_KEYS = ['minRunning', 'maxRunning', 'loadThreshold', 'window', 'idleStop', 'targetInFlight', 'panicWindow']
+const SCALE_KEYS = optionKeys<ScaleOptions>()('minRunning', 'maxRunning', 'loadThreshold', 'window', 'idleStop', 'targetInFlight', 'panicWindow')
 const PANIC_SAMPLES = 6
 // The seed's rule: below 40% of the threshold, one peer fewer would do.
 const LOW_LOAD = 0.4

@@ -5,20 +5,23 @@ import type { Registry } from './registry.js'
 import type { Upstream } from './upstream.js'
 import { parseSupervisord, programNames, supervisordLabel, type SupervisordOptions, type SupervisordTarget } from './supervisord-address.js'
 import { SupervisordCallError, SupervisordClient, type ProcessInfo } from './supervisord-client.js'
-import { BackendOutOfRangeError } from './errors.js'
-import { booleanOption, durationOption, optionError, rejectUnknownOptions, showValue } from './options.js'
+import { BadCommandError, NotManagedError } from './errors.js'
+import { optionKeys, booleanOption, durationOption, optionError, rejectUnknownOptions, showValue } from './options.js'
+
+/** The sections of an upstream's options that the bridge reads. */
+export interface SupervisordSections {
+  /** `'host:port'`, `'unix:/path.sock'`, either followed by ` user:pass`, `'none'`, or `{ address, username, password }`. */
+  supervisord?: string | SupervisordOptions
+  /** Program name prefix: peer N is program `<supervisordName>N` (default the upstream's name). */
+  supervisordName?: string
+  /** Initial process states from the configuration (`down: true` peers down, others up); otherwise all start down. */
+  inheritBackendStatus?: boolean
+  /** A peer that fails passively (maxFails in failTimeout) is stopped, to be started again on demand. */
+  stopOnFailure?: boolean
+}
 
 declare module './upstream.js' {
-  interface UpstreamOptions {
-    /** `'host:port'`, `'unix:/path.sock'`, either followed by ` user:pass`, `'none'`, or `{ address, username, password }`. */
-    supervisord?: string | SupervisordOptions
-    /** Program name prefix: peer N is program `<supervisordName>N` (default the upstream's name). */
-    supervisordName?: string
-    /** Initial process states from the configuration (`down: true` peers down, others up); otherwise all start down. */
-    inheritBackendStatus?: boolean
-    /** A peer that fails passively (maxFails in failTimeout) is stopped, to be started again on demand. */
-    stopOnFailure?: boolean
-  }
+  interface UpstreamOptions extends SupervisordSections {}
 }
 
 export interface SupervisordBridgeOptions {
@@ -105,8 +108,8 @@ interface Accepted {
 
 interface Outcome { ok: boolean, fault?: string, reason?: string }
 
-const SECTIONS = ['supervisord', 'supervisordName', 'inheritBackendStatus', 'stopOnFailure']
-const PLUGIN_OPTIONS = ['callTimeout', 'pollInterval', 'antiFlap', 'drainTimeout']
+const SECTIONS = optionKeys<SupervisordSections>()('supervisord', 'supervisordName', 'inheritBackendStatus', 'stopOnFailure')
+const PLUGIN_OPTIONS = optionKeys<SupervisordBridgeOptions>()('callTimeout', 'pollInterval', 'antiFlap', 'drainTimeout')
 const DRAIN_TICK = 20
 const TARGET: Record<Command, ProcessState> = { start: 'up', stop: 'down' }
 const MOVING: Record<Command, ProcessState> = { start: 'starting', stop: 'stopping' }
@@ -211,7 +214,7 @@ export class Bridge implements SupervisordBridge {
       if (!config.inherit) {
         for (const peer of upstream.peers) peer.setProcess('down', 'not started yet')
       }
-      upstream.startsOnDemand = config.target.kind !== 'none'
+      if (config.target.kind !== 'none') upstream.startOnDemand()
       upstream.assignSupervisord(supervisordLabel(config.target), config.programs)
     }
     for (const section of SECTIONS) registry.claim(section)
@@ -235,7 +238,7 @@ export class Bridge implements SupervisordBridge {
 
   async execute (upstream: string, command: Command, backend: number | 'any', options: ExecuteOptions = {}): Promise<ExecuteResult> {
     const managed = this.#get(upstream)
-    if (command !== 'start' && command !== 'stop') throw new TypeError(`command must be "start" or "stop", got ${showValue(command)}`)
+    if (command !== 'start' && command !== 'stop') throw new BadCommandError(showValue(command))
     const accepted = backend === 'any'
       ? this.#any(managed, command)
       : this.#accept(managed, this.#peerControl(managed, backend), command)
@@ -268,13 +271,11 @@ export class Bridge implements SupervisordBridge {
     const managed = this.#managed.get(name)
     if (managed !== undefined) return managed
     this.#registry.get(name)
-    throw new Error(`fastify-supervisord: upstream "${name}" has no "supervisord" option (use supervisord: "none" to start and stop peers without a daemon)`)
+    throw new NotManagedError(name)
   }
 
   #peerControl (managed: Managed, index: number): PeerControl {
-    const pc = Number.isInteger(index) ? managed.peers[index] : undefined
-    if (pc === undefined) throw new BackendOutOfRangeError(managed.upstream.name, String(index), managed.peers.length - 1)
-    return pc
+    return managed.peers[managed.upstream.peer(index).index]
   }
 
   #clientFor (target: Exclude<SupervisordTarget, { kind: 'none' }>): SupervisordClient {
@@ -409,7 +410,7 @@ export class Bridge implements SupervisordBridge {
         if (outcome.ok) this.#refreshPid(managed, pc)
       } else {
         peer.setProcess(outcome.ok ? 'down' : 'up', outcome.ok ? 'stopped' : outcome.fault)
-        if (outcome.ok) peer.pid = null
+        if (outcome.ok) peer.setPid(null)
       }
     }
     if (pc.drained && (!current || command === 'stop')) {
@@ -429,7 +430,7 @@ export class Bridge implements SupervisordBridge {
     const generation = pc.generation
     managed.client?.getProcessInfo(pc.program).then(info => {
       // No command has moved the peer since the start ended, nor a poll seen it go.
-      if (pc.generation === generation && pc.peer.process === 'up') pc.peer.pid = info.pid > 0 ? info.pid : null
+      if (pc.generation === generation && pc.peer.process === 'up') pc.peer.setPid(info.pid > 0 ? info.pid : null)
     }, (error: Error) => this.#log.debug({ err: error, program: pc.program }, 'supervisord: could not read the pid of a started program'))
   }
 
@@ -504,7 +505,7 @@ export class Bridge implements SupervisordBridge {
       // A command accepted during the poll knows better than the answer.
       if (pc.pending !== undefined || pc.generation !== generations[i]) return
       pc.peer.setProcess(processStateOf(info), `supervisord says ${info.statename}`)
-      pc.peer.pid = info.pid > 0 ? info.pid : null
+      pc.peer.setPid(info.pid > 0 ? info.pid : null)
     })
   }
 

@@ -1,6 +1,9 @@
 import xmlrpc from 'xmlrpc'
 import type { RequestOptions } from 'node:http'
 import { supervisordLabel, type SupervisordTarget } from './supervisord-address.js'
+import { SupervisordCallError } from './errors.js'
+
+export { SupervisordCallError }
 
 /** A target that can be called: `none` has no daemon. */
 export type SupervisordEndpoint = Exclude<SupervisordTarget, { kind: 'none' }>
@@ -56,29 +59,6 @@ export interface SupervisordClientOptions {
   timeout?: number
   /** Aborts every call in flight and fails the later ones (the server is closing). */
   signal?: AbortSignal
-}
-
-/**
- * A failed call: `fault` is supervisord's fault name (BAD_NAME, SPAWN_ERROR,
- * ...) or a transport failure (TIMEOUT, UNAUTHORIZED, UNREACHABLE, ABORTED,
- * PROTOCOL).
- */
-export class SupervisordCallError extends Error {
-  readonly code = 'FST_SUPERVISORD_CALL'
-  readonly fault: string
-  /** supervisord's numeric fault code, when it answered with a fault. */
-  readonly faultCode: number | undefined
-  readonly method: string
-  readonly program: string | undefined
-
-  constructor (message: string, details: { fault: string, faultCode?: number, method: string, program?: string }, cause?: unknown) {
-    super(message, { cause })
-    this.name = 'SupervisordCallError'
-    this.fault = details.fault
-    this.faultCode = details.faultCode
-    this.method = details.method
-    this.program = details.program
-  }
 }
 
 const UNREACHABLE_CODES = new Set(['ECONNREFUSED', 'ENOENT', 'ECONNRESET', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EACCES', 'ENOTFOUND', 'EAI_AGAIN'])

@@ -5,7 +5,8 @@ import { BALANCER_NAMES, createBalancer, isBalancer, type BalancerName } from '.
 import type { HashKey } from '../balancers/hash.js'
 import type { RegistryEvents } from './events.js'
 import { Peer, type PeerChange, type PeerOwner } from './peer.js'
-import { booleanOption, durationOption, numberOption, optionError, rejectUnknownOptions, showValue, splitHostPort } from './options.js'
+import { PeerOutOfRangeError } from './errors.js'
+import { optionKeys, booleanOption, durationOption, numberOption, optionError, rejectUnknownOptions, showValue, splitHostPort } from './options.js'
 
 export interface ServerOptions {
   /** `host:port`, `[v6]:port` or `http://host:port`. */
@@ -35,7 +36,7 @@ export interface UpstreamOptions {
   hashKey?: HashKey
 }
 
-const SERVER_KEYS = ['address', 'weight', 'backup', 'down', 'maxFails', 'failTimeout']
+const SERVER_KEYS = optionKeys<ServerOptions>()('address', 'weight', 'backup', 'down', 'maxFails', 'failTimeout')
 export const MAX_WEIGHT = 1000
 
 export class Upstream implements PeerOwner, BalancedUpstream {
@@ -44,13 +45,8 @@ export class Upstream implements PeerOwner, BalancedUpstream {
   readonly balancer: Balancer
   /** The upstream's whole configuration, for the plugins that own its other sections. */
   readonly options: Readonly<UpstreamOptions>
-  version = 0
-  /**
-   * Set by a plugin that can start peers on demand (the supervisord bridge,
-   * not in `none` mode): the proxy then holds requests while no peer is
-   * routable, and emits `demand`, instead of answering 503 at once.
-   */
-  startsOnDemand = false
+  #version = 0
+  #startsOnDemand = false
   #supervisord = 'none'
   readonly #registry: EventEmitter<RegistryEvents>
   #tiers: RoutableTiers = { primary: [], backup: [] }
@@ -68,6 +64,21 @@ export class Upstream implements PeerOwner, BalancedUpstream {
     this.balancer = balancerOf(options, where)
   }
 
+  /** Bumped on every announced peer change: a balancer may cache until it moves. */
+  get version (): number { return this.#version }
+
+  /**
+   * Whether a plugin can start peers on demand (the supervisord bridge, not in
+   * `none` mode): the proxy then holds requests while no peer is routable, and
+   * emits `demand`, instead of answering 503 at once.
+   */
+  get startsOnDemand (): boolean { return this.#startsOnDemand }
+
+  /** A plugin that answers `demand` events says so. */
+  startOnDemand (): void {
+    this.#startsOnDemand = true
+  }
+
   /** Where the supervisord of this upstream listens, never with credentials (`none` without one). */
   get supervisord (): string { return this.#supervisord }
 
@@ -78,7 +89,7 @@ export class Upstream implements PeerOwner, BalancedUpstream {
   }
 
   peerChanged (change: PeerChange): void {
-    this.version++
+    this.#version++
     this.#registry.emit('change', change)
   }
 
@@ -111,9 +122,9 @@ export class Upstream implements PeerOwner, BalancedUpstream {
 
   /** The peer at `index`, or an error naming the valid range. */
   peer (index: number): Peer {
-    const peer = this.peers[index]
+    const peer = Number.isInteger(index) ? this.peers[index] : undefined
     if (peer === undefined) {
-      throw new RangeError(`upstream "${this.name}" has no server ${index} (valid: 0..${this.peers.length - 1})`)
+      throw new PeerOutOfRangeError(this.name, String(index), this.peers.length - 1)
     }
     return peer
   }

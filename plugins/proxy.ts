@@ -33,10 +33,10 @@ async function proxyPlugin (fastify: FastifyInstance, options: ProxyOptions): Pr
     // `prefix` was already applied by Fastify to this plugin's context.
     rewritePrefix: options.rewritePrefix,
     httpMethods: options.httpMethods,
-    undici: agent as never,
+    undici: agent,
     disableRequestLogging: config.disableRequestLogging,
     preHandler: balanced.pickOrHold,
-    replyOptions: { getUpstream: balanced.fromOptions.getUpstream as never },
+    replyOptions: { getUpstream: balanced.fromOptions.getUpstream },
     handler: balanced.handle
   })
 

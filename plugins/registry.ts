@@ -2,6 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import type { Peer } from '../lib/peer.js'
 import { Registry, type RegistryOptions } from '../lib/registry.js'
+import { UnreadOptionError } from '../lib/errors.js'
 
 export type { RegistryOptions } from '../lib/registry.js'
 export type { UpstreamOptions, ServerOptions } from '../lib/upstream.js'
@@ -25,7 +26,7 @@ async function registryPlugin (fastify: FastifyInstance, options: RegistryOption
   fastify.addHook('onReady', async () => {
     const unclaimed = registry.unclaimedSections()
     if (unclaimed.length > 0) {
-      throw new Error(`fastify-supervisord: no registered plugin reads ${unclaimed.join('; ')} (misspelt, or its plugin is not registered)`)
+      throw new UnreadOptionError(unclaimed.join('; '))
     }
   })
   fastify.addHook('onClose', async () => registry.close())

@@ -1,6 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { Scaler } from '../lib/scaler.js'
+import { optionError } from '../lib/options.js'
 
 export type { ScaleOptions } from '../lib/scaler.js'
 
@@ -11,7 +12,11 @@ export type { ScaleOptions } from '../lib/scaler.js'
  * registry `scale` events; the supervisord bridge carries them out (stops
  * drain first).
  */
-async function scalerPlugin (fastify: FastifyInstance): Promise<void> {
+async function scalerPlugin (fastify: FastifyInstance, options: object): Promise<void> {
+  const stray = Object.keys(options ?? {})[0]
+  if (stray !== undefined) {
+    throw optionError('scaler', `unknown option "${stray}": the scaler plugin takes no options; scaling is set per upstream, in its "scale" section`)
+  }
   const scaler = new Scaler(fastify.upstreams, fastify.log)
   fastify.addHook('onReady', async () => scaler.start())
   fastify.addHook('onClose', async () => scaler.stop())

@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { numberOption, optionError, rejectUnknownOptions, showValue, stringOption } from '../lib/options.js'
+import { optionKeys, numberOption, optionError, rejectUnknownOptions, showValue, stringOption } from '../lib/options.js'
 import { statusSnapshot } from '../lib/status/snapshot.js'
 import { statusCsv } from '../lib/status/csv.js'
 import { statusHtml } from '../lib/status/html.js'
@@ -17,7 +17,7 @@ export interface StatusPageOptions {
 }
 
 const FILTERS: readonly StatusFilter[] = ['up', 'down']
-const KNOWN_OPTIONS = ['path', 'refresh', 'title']
+const KNOWN_OPTIONS = optionKeys<StatusPageOptions>()('path', 'refresh', 'title')
 
 function settings (options: StatusPageOptions) {
   const where = 'status page'

@@ -2,9 +2,9 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
 import type { Command, ExecuteResult } from '../lib/supervisord-bridge.js'
 import { isUnavailable } from '../lib/supervisord-client.js'
-import { BadQueryError, SupervisordError, SupervisordUnavailableError } from '../lib/errors.js'
+import { BadQueryError, NotManagedError, SupervisordError, SupervisordUnavailableError } from '../lib/errors.js'
 import { allowList, guard, LOOPBACK } from '../lib/guard.js'
-import { optionError, rejectUnknownOptions, showValue, stringOption } from '../lib/options.js'
+import { optionKeys, optionError, rejectUnknownOptions, showValue, stringOption } from '../lib/options.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -32,7 +32,7 @@ export interface SupervisordRoutesOptions {
   token?: string
 }
 
-const ROUTE_OPTIONS = ['upstream', 'prefix', 'startPath', 'stopPath', 'methods', 'allow', 'token']
+const ROUTE_OPTIONS = optionKeys<SupervisordRoutesOptions>()('upstream', 'prefix', 'startPath', 'stopPath', 'methods', 'allow', 'token')
 const INDEX = /^\d+$/
 
 /** The `:backend` param as execute() takes it; the range is the bridge's to check (404). */
@@ -74,7 +74,7 @@ function commandHandler (fastify: FastifyInstance, upstream: string, command: Co
   // Both plugins that call this declare the bridge as a dependency: fastify.supervisord is there.
   const bridge = fastify.supervisord
   if (!bridge.manages(upstream)) {
-    throw new Error(`fastify-supervisord: upstream "${upstream}" has no "supervisord" option: there is nothing to ${command}`)
+    throw new NotManagedError(upstream)
   }
   const count = fastify.upstreams.get(upstream).peers.length
   return async function supervisordCommand (request: FastifyRequest, reply: FastifyReply) {

@@ -5,7 +5,7 @@ import { clientFor, gateway, listening } from './helpers/gateway.js'
 import { until } from './helpers/wait.js'
 
 // Holding is driven through the registry's own API: whatever can start peers
-// sets `startsOnDemand` and answers `demand` events. The supervisord bridge is
+// calls `startOnDemand()` and answers `demand` events. The supervisord bridge is
 // that starter in production; its own tests run it against a real daemon.
 // The hold timers are unref()ed, so gateways listen: as in production, the
 // server is what keeps the process alive.
@@ -16,7 +16,7 @@ t.test('held requests go out in arrival order the moment a peer is up; one deman
   const app = await gateway({ b: { servers: [{ address: backend.address, down: true }] } })
   t.teardown(() => app.close())
   const upstream = app.upstreams.get('b')
-  upstream.startsOnDemand = true
+  upstream.startOnDemand()
   let demands = 0
   let sentBeforeUp = -1
   let sentOnAtUp = -1
@@ -46,7 +46,7 @@ t.test('maxHeld overflow and holdTimeout answer 503 with Retry-After', async t =
   const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { maxHeld: 2, holdTimeout: 150, retryAfter: 3 })
   await listening(app)
   t.teardown(() => app.close())
-  app.upstreams.get('b').startsOnDemand = true
+  app.upstreams.get('b').startOnDemand()
   const started = Date.now()
   const [a, b, c] = await Promise.all([app.inject('/'), app.inject('/'), app.inject('/')])
   const waited = Date.now() - started
@@ -68,7 +68,7 @@ t.test('a failed start answers 502 with the reason', async t => {
   await listening(app)
   t.teardown(() => app.close())
   const upstream = app.upstreams.get('b')
-  upstream.startsOnDemand = true
+  upstream.startOnDemand()
   app.upstreams.on('demand', () => {
     setTimeout(() => app.upstreams.emit('command', {
       upstream: 'b', index: 0, command: 'start', ok: false, fault: 'SPAWN_ERROR', reason: 'SPAWN_ERROR: b0', at: Date.now()
@@ -87,7 +87,7 @@ t.test('a client that disconnects while held leaves the queue', async t => {
   t.teardown(() => app.close())
   const dispatcher = clientFor(t)
   const upstream = app.upstreams.get('b')
-  upstream.startsOnDemand = true
+  upstream.startOnDemand()
   // The first request held asks for a start: a demand says the queue went from empty to one.
   let demands = 0
   app.upstreams.on('demand', () => demands++)
@@ -120,7 +120,7 @@ t.test('without a starter, no routable peer is an immediate 503 (no hold)', asyn
 t.test('closing the server answers held requests', async t => {
   const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { holdTimeout: 60_000 })
   await listening(app)
-  app.upstreams.get('b').startsOnDemand = true
+  app.upstreams.get('b').startOnDemand()
   let demands = 0
   app.upstreams.on('demand', () => demands++)
   const held = app.inject('/')
@@ -140,7 +140,7 @@ t.test('each held request times out at its own deadline; the later one still goe
   await listening(app)
   t.teardown(() => app.close())
   const upstream = app.upstreams.get('b')
-  upstream.startsOnDemand = true
+  upstream.startOnDemand()
   const first = app.inject('/first')
   await new Promise(resolve => setTimeout(resolve, 150))
   const second = app.inject('/second')

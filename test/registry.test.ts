@@ -53,7 +53,7 @@ t.test('the list form and defaults', async t => {
   t.ok(p1.backup)
   t.equal(r.get('a').balancer.name, 'round-robin')
   t.throws(() => r.get('b'), /unknown upstream "b" \(known: "a"\)/)
-  t.throws(() => r.get('a').peer(5), /upstream "a" has no server 5 \(valid: 0..1\)/)
+  t.throws(() => r.get('a').peer(5), { code: 'FST_SUPERVISORD_BACKEND_OUT_OF_RANGE', message: 'Upstream "a" has no backend 5 (valid: 0..1 or any)' })
 })
 
 t.test('every change is an event any number of listeners hear; routable is derived', async t => {

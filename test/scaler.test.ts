@@ -54,6 +54,13 @@ t.test('bad scale options fail at registration naming the option', async t => {
     await t.rejects(async () => { await app.register(scaler) }, message)
     await app.close()
   }
+  const app = Fastify()
+  t.teardown(async () => await app.close())
+  await app.register(registry, { upstreams: { backend: { servers: ['127.0.0.1:1'], supervisord: 'none', scale: {} } } })
+  await app.register(supervisord)
+  await t.rejects(async () => { await app.register(scaler, { windw: 5 } as never) },
+    { code: 'FST_SUPERVISORD_OPTION', message: /scaler: unknown option "windw": the scaler plugin takes no options; scaling is set per upstream/ },
+    'the plugin itself takes no options: a misplaced one is named')
 })
 
 t.test('the seed\'s rule without a daemon (none mode): minRunning holds when idle', async t => {

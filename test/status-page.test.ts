@@ -40,24 +40,20 @@ function check (ok: boolean, reason: string, latencyMs: number, at: number): Che
 function populate (app: FastifyInstance, now = Date.now()): void {
   const [up, down, drained] = app.upstreams.get('backend').peers
   up.setHealth('healthy')
-  up.pid = 4242
-  up.rise = 5
-  for (let i = 0; i < 5; i++) up.checks.push(check(true, 'OK', 1 + i * 2, now - (5 - i) * 1000))
-  up.lastCheck = up.checks[up.checks.length - 1]
+  up.setPid(4242)
+  for (let i = 0; i < 5; i++) up.recordCheck(check(true, 'OK', 1 + i * 2, now - (5 - i) * 1000), 32)
   up.acquire()
   up.acquire()
   up.release()
 
   down.setProcess('down', 'exited')
   down.setHealth('unhealthy')
-  down.fall = 3
-  down.checks.push(check(true, 'OK', 2, now - 4000), check(false, 'connection refused', 0.4, now - 3000),
-    check(false, SCRIPT_REASON, 2000, now - 2000), check(false, NASTY_REASON, 12.345, now - 300))
-  down.lastCheck = down.checks[down.checks.length - 1]
+  for (const result of [check(true, 'OK', 2, now - 4000), check(false, 'connection refused', 0.4, now - 3000),
+    check(false, SCRIPT_REASON, 2000, now - 2000), check(false, NASTY_REASON, 12.345, now - 300)]) down.recordCheck(result, 32)
 
   drained.setAdmin('drain')
   const [api0, api1] = app.upstreams.get('api').peers
-  api0.pid = 77
+  api0.setPid(77)
   api1.recordFailure('ECONNRESET')
 }
 
@@ -122,7 +118,7 @@ t.test('snapshot: the stable JSON shape, from the registry', async t => {
 t.test('snapshot: the history shown is bounded to the most recent checks', async t => {
   const app = await build(t)
   const peer = app.upstreams.get('plain').peers[0]
-  for (let i = 0; i < 45; i++) peer.checks.push(check(true, `check ${i}`, 1, 0))
+  for (let i = 0; i < 45; i++) peer.recordCheck(check(true, `check ${i}`, 1, 0), 100)
   const { checks } = statusSnapshot(app.upstreams, undefined, 0).upstreams[2].peers[0]
   t.equal(checks.length, 30)
   t.equal(checks[29].reason, 'check 44', 'newest last')
@@ -291,8 +287,7 @@ t.test('HTML: self-contained, escaped, down peers marked, one bar per check', as
 
   const plain = app.upstreams.get('plain').peers[0]
   const now = Date.now()
-  for (const ago of [172_800_000, 10_800_000, 300_000, 30_000]) plain.checks.push(check(true, 'OK', 1, now - ago))
-  plain.lastCheck = plain.checks[3]
+  for (const ago of [172_800_000, 10_800_000, 300_000, 30_000]) plain.recordCheck(check(true, 'OK', 1, now - ago), 32)
   const ages = (await get(app, '/health', 'text/html')).body.split('id="upstream-plain"')[1]
   t.match(ages, /OK, 1 ms, 2 d ago.*OK, 1 ms, 3 h ago.*OK, 1 ms, 5 min ago.*OK, 1 ms, 30 s ago/s, 'ages read in the largest unit')
 
