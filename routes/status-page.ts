@@ -1,3 +1,4 @@
+import vary from 'vary'
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { optionKeys, numberOption, optionError, rejectUnknownOptions, showValue, stringOption } from '../lib/options.js'
@@ -43,7 +44,7 @@ async function statusPagePlugin (fastify: FastifyInstance, options: StatusPageOp
     const status = queryValue(query.status, FILTERS, 'status')
     const now = Date.now()
     const snapshot = statusSnapshot(fastify.upstreams, status, now)
-    reply.header('cache-control', 'no-store').header('vary', 'accept')
+    reply.header('cache-control', 'no-store').header('vary', vary.append(String(reply.getHeader('vary') ?? ''), 'Accept'))
     switch (format) {
       case 'json':
         reply.type('application/json; charset=utf-8')

@@ -1,0 +1,122 @@
+import Fastify, { type FastifyRequest, type RouteHandlerMethod } from 'fastify'
+import { describe, expect, test } from 'tstyche'
+import {
+  registry, supervisord, healthCheck, scaler, proxy, statusPage, supervisordRoutes, supervisordCommands,
+  Peer, Registry, Upstream, errors,
+  type Balancer, type BalancedUpstream, type ExecuteResult, type SupervisordBridge, type UpstreamOptions, type StatusSnapshot
+} from '../../index.js'
+
+describe('UpstreamOptions, augmented by each plugin that reads a section', () => {
+  test('the sections of every plugin are typed', () => {
+    expect<UpstreamOptions>().type.toBeAssignableFrom({
+      servers: ['127.0.0.1:8000', { address: '127.0.0.1:8001', weight: 2, backup: true, maxFails: 3, failTimeout: 5000 }],
+      balancer: 'fair' as const,
+      supervisord: '127.0.0.1:9001 admin:secret',
+      supervisordName: 'web',
+      inheritBackendStatus: true,
+      healthCheck: { path: '/healthz', interval: 2000, status: ['2xx', 404] as Array<'2xx' | 404> },
+      scale: { minRunning: 1, loadThreshold: 50 }
+    })
+  })
+
+  test('a wrong type in a section is a type error', () => {
+    expect<UpstreamOptions>().type.not.toBeAssignableFrom({ servers: ['a:1'], healthCheck: { interval: '2s' } })
+    expect<UpstreamOptions>().type.not.toBeAssignableFrom({ servers: ['a:1'], scale: { minRunning: 'one' } })
+    expect<UpstreamOptions>().type.not.toBeAssignableFrom({ servers: ['a:1'], balancer: 'least-conn' })
+    expect<UpstreamOptions>().type.not.toBeAssignableFrom({ servers: ['a:1'], supervisord: 9001 })
+  })
+
+  test('servers are required', () => {
+    expect<UpstreamOptions>().type.not.toBeAssignableFrom({ balancer: 'fair' as const })
+  })
+})
+
+describe('decorators', () => {
+  const app = Fastify()
+
+  test('fastify.upstreams is the registry', () => {
+    expect(app.upstreams).type.toBe<Registry>()
+    expect(app.upstreams.get('backend')).type.toBe<Upstream>()
+    expect(app.upstreams.get('backend').peers).type.toBe<readonly Peer[]>()
+  })
+
+  test('fastify.supervisord is the bridge; execute answers an ExecuteResult', () => {
+    expect(app.supervisord).type.toBe<SupervisordBridge>()
+    expect(app.supervisord.execute('backend', 'start', 'any')).type.toBe<Promise<ExecuteResult>>()
+    expect(app.supervisord.execute).type.not.toBeCallableWith('backend', 'restart', 0)
+  })
+
+  test('supervisordStart/Stop return route handlers', () => {
+    expect(app.supervisordStart('backend')).type.toBe<RouteHandlerMethod>()
+    expect(app.supervisordStop('backend')).type.toBe<RouteHandlerMethod>()
+  })
+
+  test('request.upstreamPeer is the one public request field, a Peer or null', () => {
+    expect<FastifyRequest['upstreamPeer']>().type.toBe<Peer | null>()
+    expect<FastifyRequest>().type.not.toHaveProperty('upstreamTried')
+    expect<FastifyRequest>().type.not.toHaveProperty('upstreamDest')
+  })
+})
+
+describe('peer state is read-only from outside', () => {
+  test('counters and check history cannot be assigned', () => {
+    const peer = {} as Peer
+    expect(peer.inflight).type.toBe<number>()
+    expect(peer.checks).type.toBe<readonly CheckResultLike[]>()
+    // inflight is written only by acquire/release, pid only by setPid
+    // @ts-expect-error Cannot assign to 'inflight' because it is a read-only property
+    peer.inflight = 3
+    // @ts-expect-error Cannot assign to 'pid' because it is a read-only property
+    peer.pid = 1
+    expect(peer.checks).type.not.toHaveProperty('push')
+  })
+})
+
+type CheckResultLike = Peer['checks'][number]
+
+describe('a custom balancer', () => {
+  test('an object with a name and pick() is a Balancer', () => {
+    const firstRoutable: Balancer = {
+      name: 'first',
+      pick: (upstream: BalancedUpstream) => upstream.routableTiers().primary[0]
+    }
+    expect<UpstreamOptions>().type.toBeAssignableFrom({ servers: ['a:1'], balancer: firstRoutable })
+  })
+
+  test('pick must return a Peer or undefined', () => {
+    expect<Balancer>().type.not.toBeAssignableFrom({ name: 'bad', pick: () => 'peer 0' })
+  })
+})
+
+describe('plugins take their own options', () => {
+  const app = Fastify()
+
+  test('registry, proxy, status page and routes', () => {
+    expect(app.register).type.toBeCallableWith(registry, { upstreams: { backend: { servers: ['127.0.0.1:8000'] } } })
+    expect(app.register).type.toBeCallableWith(proxy, { upstream: 'backend', prefix: '/api', headersTimeout: 5000 })
+    expect(app.register).type.toBeCallableWith(statusPage, { path: '/health', refresh: 0 })
+    expect(app.register).type.toBeCallableWith(supervisordRoutes, { upstream: 'backend', allow: ['10.0.0.0/8'], token: 't' })
+    expect(app.register).type.toBeCallableWith(supervisord, { callTimeout: 2000 })
+    expect(app.register).type.toBeCallableWith(healthCheck, { history: 10 })
+    expect(app.register).type.toBeCallableWith(scaler)
+    expect(app.register).type.toBeCallableWith(supervisordCommands)
+  })
+
+  test('a misspelt or mistyped option is a type error', () => {
+    expect(app.register).type.not.toBeCallableWith(proxy, { upstream: 'backend', headersTimeout: '5s' })
+    expect(app.register).type.not.toBeCallableWith(statusPage, { path: 42 })
+    expect(app.register).type.not.toBeCallableWith(supervisordRoutes, { upstream: 'backend', methods: ['DELETE'] })
+  })
+})
+
+describe('errors carry their codes', () => {
+  test('every error constructor makes an error with a code and a status', () => {
+    expect(new errors.NoPeerError('backend').code).type.toBe<'FST_SUPERVISORD_NO_PEER'>()
+    expect(new errors.PeerOutOfRangeError('backend', '9', 2).statusCode).type.toBe<404>()
+    expect(new errors.OptionError('proxy', 'bad')).type.toBeAssignableTo<TypeError>()
+  })
+
+  test('the status snapshot is plain data', () => {
+    expect<StatusSnapshot['upstreams'][number]['peers'][number]['program']>().type.toBe<string | null>()
+  })
+})
