@@ -2,7 +2,7 @@ import type { FastifyRequest } from 'fastify'
 import type { Balancer, BalancedUpstream } from './balancer.js'
 import { usable } from './balancer.js'
 import type { Peer } from '../lib/peer.js'
-import { hash32, WeightsSeen } from './hashing.js'
+import { crc32, crc32Bytes, HASH_TRIES, tierOf, tiersOf, WeightedWalk, WeightsSeen } from './hashing.js'
 import { RoundRobinBalancer } from './round-robin.js'
 
 /** Where the hash balancer reads its key: the URL, a header, a cookie, or a function of the request. */
@@ -15,41 +15,157 @@ export type HashKey =
 /** Ring points per unit of weight, as ketama and nginx's `hash ... consistent`. */
 const POINTS_PER_WEIGHT = 160
 
-interface Ring {
-  points: Uint32Array
-  owners: Peer[]
+/** Above any server's position in its list: 2^21 servers, times a 32-bit hash, stays exact in a double. */
+const ORDER_SPAN = 2 ** 21
+
+/** Where a key goes among one tier's servers; undefined when the tries run out. */
+interface Placement {
+  /** Servers placed over: nginx hashes only over two or more. */
+  readonly servers: number
+  place (key: string, exclude: readonly Peer[] | undefined): Peer | undefined
 }
 
 /**
- * Consistent hashing (ketama ring) over all primary peers: a key goes to the
- * first point clockwise from its hash whose peer is usable, so removing one
- * of n peers remaps only that peer's keys (about 1/n). Backups get their own
- * ring, used when no primary is routable. A request without a key is
- * balanced round-robin, as nginx does.
+ * nginx's `hash $key consistent` (the default) or `hash $key` (`consistent:
+ * false`), to the same server for the same key and server list. A request
+ * without a key, or whose tries run out, is balanced round-robin, as nginx
+ * does. nginx refuses `backup` with `hash`; here backups get the same
+ * placement among themselves, used only while no primary is routable.
  */
 export class HashBalancer implements Balancer {
   readonly name = 'hash'
   readonly #readKey: (request: FastifyRequest) => string | undefined
+  readonly #placementOf: (peers: readonly Peer[]) => Placement
   readonly #fallback = new RoundRobinBalancer()
   readonly #weights = new WeightsSeen()
-  #primary: Ring = emptyRing()
-  #backup: Ring = emptyRing()
+  #primary: Placement
+  #backup: Placement
 
-  constructor (key: HashKey = 'url') {
+  constructor (key: HashKey = 'url', consistent = true) {
     this.#readKey = keyReader(key)
+    this.#placementOf = consistent ? peers => new ConsistentRing(peers) : peers => new KeyModulo(peers)
+    this.#primary = this.#backup = this.#placementOf([])
   }
 
   pick (upstream: BalancedUpstream, request: FastifyRequest, exclude?: readonly Peer[]): Peer | undefined {
     const key = this.#readKey(request)
     if (key === undefined || key === '') return this.#fallback.pick(upstream, request, exclude)
     if (this.#weights.changed(upstream)) {
-      this.#primary = ringOf(upstream.peers.filter(peer => !peer.backup))
-      this.#backup = ringOf(upstream.peers.filter(peer => peer.backup))
+      const { primary, backup } = tiersOf(upstream.peers)
+      this.#primary = this.#placementOf(primary)
+      this.#backup = this.#placementOf(backup)
     }
-    const h = hash32(key)
-    const tiers = upstream.routableTiers()
-    return (tiers.primary.length > 0 ? lookup(this.#primary, h, exclude) : undefined) ??
-      (tiers.backup.length > 0 ? lookup(this.#backup, h, exclude) : undefined)
+    const placement = tierOf(upstream, this.#primary, this.#backup)
+    if (placement === undefined) return undefined
+    return (placement.servers > 1 ? placement.place(key, exclude) : undefined) ??
+      this.#fallback.pick(upstream, request, exclude)
+  }
+}
+
+/**
+ * nginx's ketama ring (ngx_http_upstream_hash_module, as Cache::Memcached::Fast):
+ * each server has 160 points per unit of weight, chained as
+ * `crc32(host "\0" port prev)` where prev is the point before (four bytes,
+ * little-endian; zero for the first) and host and port are split at the
+ * last colon of the server's name. A key goes to the first point at or after
+ * `crc32(key)`; a point whose server is not usable passes to the next, 20
+ * times at most. Removing one of n servers moves only its keys (about 1/n).
+ */
+class ConsistentRing implements Placement {
+  readonly servers: number
+  readonly #points: Uint32Array
+  readonly #owners: Peer[]
+
+  constructor (peers: readonly Peer[]) {
+    this.servers = peers.length
+    let count = 0
+    for (const peer of peers) count += peer.weight * POINTS_PER_WEIGHT
+    // hash and server order packed in one number (exact below 2^53): a numeric sort orders by hash, ties by order
+    const packed = new Float64Array(count)
+    const prev = new Uint8Array(4)
+    const prevView = new DataView(prev.buffer)
+    let n = 0
+    peers.forEach((peer, order) => {
+      const base = crc32(pointBase(peer.address))
+      prev.fill(0)
+      for (let j = 0; j < peer.weight * POINTS_PER_WEIGHT; j++) {
+        const hash = crc32Bytes(prev, base)
+        packed[n++] = hash * ORDER_SPAN + order
+        prevView.setUint32(0, hash, true)
+      }
+    })
+    packed.sort()
+    // equal hashes keep one point, the first server's (nginx's qsort, glibc's merge sort, keeps that order)
+    const points: number[] = []
+    const owners: Peer[] = []
+    for (const entry of packed) {
+      const hash = Math.floor(entry / ORDER_SPAN)
+      if (points.length > 0 && points[points.length - 1] === hash) continue
+      points.push(hash)
+      owners.push(peers[entry - hash * ORDER_SPAN])
+    }
+    this.#points = Uint32Array.from(points)
+    this.#owners = owners
+  }
+
+  place (key: string, exclude: readonly Peer[] | undefined): Peer | undefined {
+    const points = this.#points
+    const n = points.length
+    const hash = crc32(key)
+    let lo = 0
+    let hi = n
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (points[mid] < hash) lo = mid + 1
+      else hi = mid
+    }
+    for (let tries = 0; tries < HASH_TRIES; tries++) {
+      const peer = this.#owners[(lo + tries) % n]
+      if (usable(peer, exclude)) return peer
+    }
+    return undefined
+  }
+}
+
+/**
+ * nginx's split of a server name for its ring points: the host, a zero byte,
+ * then the port (the digits after the last colon; none if there are none).
+ */
+export function pointBase (server: string): string {
+  for (let j = server.length - 1; j >= 0; j--) {
+    const c = server.charCodeAt(j)
+    if (c === 58) return `${server.slice(0, j)}\0${server.slice(j + 1)}`
+    if (c < 48 || c > 57) break
+  }
+  return `${server}\0`
+}
+
+/**
+ * nginx's plain `hash $key` (as Cache::Memcached): `(crc32(key) >> 16) &
+ * 0x7fff`, modulo the total weight, walked over the servers' weights; a
+ * server that is not usable adds `crc32(n key)` (n = 1, 2, ... as decimal
+ * text) the same way, 20 times at most. Every key moves when a server is
+ * added or removed: use it to keep the placement of an nginx that had it.
+ */
+class KeyModulo implements Placement {
+  readonly servers: number
+  readonly #walk: WeightedWalk
+
+  constructor (peers: readonly Peer[]) {
+    this.servers = peers.length
+    this.#walk = new WeightedWalk(peers)
+  }
+
+  place (key: string, exclude: readonly Peer[] | undefined): Peer | undefined {
+    const walk = this.#walk
+    let hash = 0
+    for (let rehash = 0; rehash < HASH_TRIES; rehash++) {
+      const crc = rehash === 0 ? crc32(key) : crc32(key, crc32(String(rehash)))
+      hash += (crc >>> 16) & 0x7fff
+      const peer = walk.at(hash % walk.total)
+      if (usable(peer, exclude)) return peer
+    }
+    return undefined
   }
 }
 
@@ -60,50 +176,38 @@ function keyReader (key: HashKey): (request: FastifyRequest) => string | undefin
     const name = key.header.toLowerCase()
     return request => {
       const value = request.headers[name]
-      return Array.isArray(value) ? value.join(',') : value
+      return Array.isArray(value) ? value.join(', ') : value
     }
   }
   const name = key.cookie
   return request => cookieValue(request.headers.cookie, name)
 }
 
+/**
+ * A cookie's value as nginx's `$cookie_name` reads it: the name matched
+ * without regard to case at the start or after a `;` (and spaces), spaces
+ * around `=` skipped, the value up to the next `;`.
+ */
 export function cookieValue (header: string | undefined, name: string): string | undefined {
   if (header === undefined) return undefined
-  for (const part of header.split(';')) {
-    const eq = part.indexOf('=')
-    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim()
-  }
-  return undefined
-}
-
-function emptyRing (): Ring {
-  return { points: new Uint32Array(0), owners: [] }
-}
-
-function ringOf (peers: readonly Peer[]): Ring {
-  const entries: Array<[number, Peer]> = []
-  for (const peer of peers) {
-    for (let v = 0; v < peer.weight * POINTS_PER_WEIGHT; v++) {
-      entries.push([hash32(`${peer.address}-${v}`), peer])
+  const end = header.length
+  const lower = name.toLowerCase()
+  let start = 0
+  while (start < end) {
+    if (header.slice(start, start + name.length).toLowerCase() === lower) {
+      let i = start + name.length
+      while (i < end && header.charCodeAt(i) === 32) i++
+      if (i < end && header.charCodeAt(i) === 61) {
+        i++
+        while (i < end && header.charCodeAt(i) === 32) i++
+        const last = header.indexOf(';', i)
+        return header.slice(i, last === -1 ? end : last)
+      }
     }
-  }
-  entries.sort((a, b) => a[0] - b[0])
-  return { points: Uint32Array.from(entries, e => e[0]), owners: entries.map(e => e[1]) }
-}
-
-function lookup (ring: Ring, h: number, exclude: readonly Peer[] | undefined): Peer | undefined {
-  const { points, owners } = ring
-  const n = points.length
-  let lo = 0
-  let hi = n
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1
-    if (points[mid] < h) lo = mid + 1
-    else hi = mid
-  }
-  for (let step = 0; step < n; step++) {
-    const peer = owners[(lo + step) % n]
-    if (usable(peer, exclude)) return peer
+    const next = header.indexOf(';', start)
+    if (next === -1) return undefined
+    start = next + 1
+    while (start < end && header.charCodeAt(start) === 32) start++
   }
   return undefined
 }

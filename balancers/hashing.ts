@@ -1,22 +1,62 @@
+import CRC32 from 'crc-32'
 import type { Peer } from '../lib/peer.js'
+import type { BalancedUpstream } from './balancer.js'
 
-/** FNV-1a over UTF-16 code units, finished with murmur3's avalanche so close keys spread. */
-export function hash32 (text: string, seed = 0x811c9dc5): number {
-  let h = seed >>> 0
+/** nginx's hash methods try a server, then up to 20 more, before they fall back to round-robin. */
+export const HASH_TRIES = 21
+
+/**
+ * CRC-32 (zlib's, which is nginx's ngx_crc32) of a text's bytes, optionally
+ * continuing from the CRC of what came before it. Node hands header values
+ * over one character per byte and URLs are ASCII, so a character up to U+00FF
+ * is its byte, as nginx saw it on the wire; a text with a character above
+ * (only a key function can return one) is hashed as its UTF-8.
+ */
+export function crc32 (text: string, seed?: number): number {
   for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i)
-    h = Math.imul(h, 0x01000193)
+    if (text.charCodeAt(i) > 0xff) return CRC32.str(text, seed) >>> 0
   }
-  return mix32(h)
+  return CRC32.bstr(text, seed) >>> 0
 }
 
-export function mix32 (h: number): number {
-  h ^= h >>> 16
-  h = Math.imul(h, 0x85ebca6b)
-  h ^= h >>> 13
-  h = Math.imul(h, 0xc2b2ae35)
-  h ^= h >>> 16
-  return h >>> 0
+/** CRC-32 of bytes, continuing from `seed`. */
+export function crc32Bytes (bytes: Uint8Array, seed: number): number {
+  return CRC32.buf(bytes, seed) >>> 0
+}
+
+/**
+ * nginx's weighted walk over an upstream's servers in configuration order:
+ * `w` (0 <= w < total) falls to the first server whose cumulative weight
+ * exceeds it. nginx walks the list; a binary search over the running sums
+ * gives the same server in log n steps.
+ */
+export class WeightedWalk {
+  readonly peers: readonly Peer[]
+  readonly total: number
+  readonly #ends: Int32Array
+
+  constructor (peers: readonly Peer[]) {
+    this.peers = peers
+    this.#ends = new Int32Array(peers.length)
+    let sum = 0
+    for (let i = 0; i < peers.length; i++) {
+      sum += peers[i].weight
+      this.#ends[i] = sum
+    }
+    this.total = sum
+  }
+
+  at (w: number): Peer {
+    const ends = this.#ends
+    let lo = 0
+    let hi = ends.length - 1
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (ends[mid] <= w) lo = mid + 1
+      else hi = mid
+    }
+    return this.peers[lo]
+  }
 }
 
 /**
@@ -43,4 +83,20 @@ export class WeightsSeen {
     this.#weights.length = peers.length
     return changed
   }
+}
+
+/** Primary and backup servers, each in configuration order (nginx keeps backups in a list of their own). */
+export function tiersOf (peers: readonly Peer[]): { primary: Peer[], backup: Peer[] } {
+  return { primary: peers.filter(peer => !peer.backup), backup: peers.filter(peer => peer.backup) }
+}
+
+/**
+ * What a hash method places a request over: the primaries while one is
+ * routable, else the backups while one is, else nothing. nginx's hash methods
+ * refuse `backup`; here backups get the same placement among themselves.
+ */
+export function tierOf<T> (upstream: BalancedUpstream, primary: T, backup: T): T | undefined {
+  const tiers = upstream.routableTiers()
+  if (tiers.primary.length > 0) return primary
+  return tiers.backup.length > 0 ? backup : undefined
 }

@@ -1,7 +1,7 @@
 import type { FastifyRequest } from 'fastify'
 import { Registry } from '../lib/registry.js'
 import type { Peer } from '../lib/peer.js'
-import type { BalancerName } from '../balancers/index.js'
+import type { UpstreamOptions } from '../lib/upstream.js'
 
 const PICKS = 200_000
 
@@ -16,14 +16,20 @@ export async function run (): Promise<void> {
     url: `/item/${i}`,
     headers: {}
   })) as unknown as FastifyRequest[]
-  const names: BalancerName[] = ['round-robin', 'fair', 'ip-hash', 'hash']
+  const rows: Array<[string, Omit<UpstreamOptions, 'servers'>]> = [
+    ['round-robin', { balancer: 'round-robin' }],
+    ['fair', { balancer: 'fair' }],
+    ['ip-hash', { balancer: 'ip-hash' }],
+    ['hash', { balancer: 'hash' }],
+    ['hash modulo', { balancer: 'hash', hashConsistent: false }]
+  ]
   console.log(`\nBalancer cost: ns per pick (+ acquire/release), ${PICKS} picks, target < 1000 ns at 1000 peers`)
   console.log('balancer'.padEnd(14) + ['10', '100', '1000'].map(n => `${n} peers`.padStart(12)).join(''))
-  for (const name of names) {
+  for (const [name, options] of rows) {
     const cells: string[] = []
     for (const n of [10, 100, 1000]) {
       const servers = Array.from({ length: n }, (_, i) => `127.0.0.1:${10000 + i}`)
-      const upstream = new Registry({ upstreams: { u: { servers, balancer: name } } }).get('u')
+      const upstream = new Registry({ upstreams: { u: { servers, ...options } } }).get('u')
       const inFlight: Peer[] = []
       const measure = (count: number): number => {
         const t0 = process.hrtime.bigint()

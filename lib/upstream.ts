@@ -34,6 +34,8 @@ export interface UpstreamOptions {
   balancer?: BalancerName | Balancer
   /** For `balancer: 'hash'`: where the key is read (default the URL). */
   hashKey?: HashKey
+  /** For `balancer: 'hash'`: nginx's `hash $key consistent` (default true) or its plain `hash $key` (false). */
+  hashConsistent?: boolean
 }
 
 const SERVER_KEYS = optionKeys<ServerOptions>()('address', 'weight', 'backup', 'down', 'maxFails', 'failTimeout')
@@ -141,13 +143,15 @@ function balancerOf (options: UpstreamOptions, where: string): Balancer {
   if (!BALANCER_NAMES.includes(balancer)) {
     throw optionError(where, `option "balancer" must be one of ${BALANCER_NAMES.join(', ')} or an object with a pick() method, got ${showValue(balancer)}`)
   }
-  if (options.hashKey !== undefined && balancer !== 'hash') {
-    throw optionError(where, `option "hashKey" is only read by balancer "hash" (balancer is "${balancer}")`)
+  for (const option of ['hashKey', 'hashConsistent'] as const) {
+    if (options[option] !== undefined && balancer !== 'hash') {
+      throw optionError(where, `option "${option}" is only read by balancer "hash" (balancer is "${balancer}")`)
+    }
   }
   if (options.hashKey !== undefined && !validHashKey(options.hashKey)) {
     throw optionError(where, `option "hashKey" must be "url", { header: name }, { cookie: name } or a function, got ${showValue(options.hashKey)}`)
   }
-  return createBalancer(balancer, options.hashKey)
+  return createBalancer(balancer, options.hashKey, booleanOption(options.hashConsistent, true, where, 'hashConsistent'))
 }
 
 function validHashKey (key: unknown): boolean {
