@@ -26,6 +26,11 @@ describe('UpstreamOptions, augmented by each plugin that reads a section', () =>
     expect<UpstreamOptions>().type.not.toBeAssignableFrom({ servers: ['a:1'], supervisord: 9001 })
   })
 
+  test('the hash balancer\'s key and method', () => {
+    expect<UpstreamOptions>().type.toBeAssignableFrom({ servers: ['a:1'], balancer: 'hash' as const, hashKey: { cookie: 'sid' }, hashConsistent: false })
+    expect<UpstreamOptions>().type.not.toBeAssignableFrom({ servers: ['a:1'], balancer: 'hash' as const, hashConsistent: 'no' })
+  })
+
   test('servers are required', () => {
     expect<UpstreamOptions>().type.not.toBeAssignableFrom({ balancer: 'fair' as const })
   })
