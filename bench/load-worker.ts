@@ -1,5 +1,6 @@
 import { parentPort, workerData } from 'node:worker_threads'
 import { Pool } from 'undici'
+import { percentile } from './load.js'
 
 /** What the main thread asks: hit `url` with `connections` concurrent loops for `ms` (warm-up not counted). */
 export interface LoadJob { url: string, connections: number, warmupMs: number, ms: number, maxRequests: number }
@@ -31,8 +32,7 @@ async function load (job: LoadJob): Promise<LoadResult> {
   await Promise.all(Array.from({ length: job.connections }, loop))
   await pool.close()
   latencies.sort((a, b) => a - b)
-  const at = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? NaN
-  return { requests: latencies.length, errors, rps: latencies.length / (job.ms / 1000), p50: at(0.5), p99: at(0.99) }
+  return { requests: latencies.length, errors, rps: latencies.length / (job.ms / 1000), p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) }
 }
 
 if (parentPort !== null) {

@@ -14,6 +14,11 @@ export async function runLoad (job: LoadJob): Promise<LoadResult> {
   }
 }
 
+/** The value at quantile `q` of ascending `sorted`; NaN when empty. */
+export function percentile (sorted: ArrayLike<number>, q: number): number {
+  return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
+}
+
 export function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
   return sorted[Math.floor(sorted.length / 2)]
