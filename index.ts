@@ -45,3 +45,16 @@ export { HashBalancer } from './balancers/hash.js'
 export type { HashKey } from './balancers/hash.js'
 
 export * as errors from './lib/errors.js'
+
+export { MemoryStore, MemoryBackend } from './lib/store/memory-store.js'
+export type { MemoryStoreOptions } from './lib/store/memory-store.js'
+export { RedisStore } from './lib/store/redis-store.js'
+export type { RedisStoreOptions } from './lib/store/redis-store.js'
+export type { RedisClientLike } from './lib/store/redis-link.js'
+export type { StoreOptions, RedisTimingOptions } from './lib/store/options.js'
+export type {
+  Store, StoreState, StoreStatus, StoreEvents, StoreMessage, PublishedEvent, SettingsEvent, ProcessEvent, HealthEvent, ResyncEvent,
+  PeerSettings, PeerPin, SettingName, PeerRef, PeerSettingsRecord, SettingsSnapshot, SharedHealth, SharedHealthRecord, LoadSum, Member, MemberDetails
+} from './lib/store/types.js'
+export { LeaseKeeper, withLease } from './lib/store/lease.js'
+export type { LeaseKeeperOptions, LeaseEvents, LeaseTaskResult } from './lib/store/lease.js'

@@ -76,3 +76,10 @@ export const ForbiddenError = createError(
   'FST_SUPERVISORD_FORBIDDEN', '%s', 403)
 export const BadQueryError = createError(
   'FST_SUPERVISORD_BAD_QUERY', '%s', 400)
+
+/** A store call that could not be answered in time: the store is degraded (Redis unreachable, slow or stopped). */
+export const StoreUnavailableError = createError(
+  'FST_SUPERVISORD_STORE_UNAVAILABLE', 'fastify-supervisord: store unavailable: %s', 503)
+/** A store method called with a bad argument (a programming mistake, thrown at the call). */
+export const StoreArgumentError = createError(
+  'FST_SUPERVISORD_STORE_ARGUMENT', 'fastify-supervisord: store: %s', 500, TypeError)

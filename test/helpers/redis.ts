@@ -1,0 +1,137 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import net from 'node:net'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import type { Test } from 'tap'
+import { onPath } from '../../lib/dev/supervisord-daemon.js'
+import { freePort } from './backends.js'
+import { sleep } from './wait.js'
+
+// A real redis-server per test, on a free 127.0.0.1 port, in a temp dir of
+// its own, with nothing saved. Stopped by pid (SIGCONT first, in case a test
+// left it stopped).
+
+const installed = onPath('redis-server')
+
+/**
+ * For `t.test(name, { skip }, ...)`: a reason to skip when redis-server is not
+ * installed, except on CI (CI=true), where the tests run and fail.
+ */
+export const redisSkip: string | false = installed || process.env.CI === 'true' ? false : 'redis-server not installed (not on the PATH)'
+if (redisSkip !== false) console.log(`# skipping Redis tests: ${redisSkip}`)
+
+export interface RedisServer {
+  port: number
+  url: string
+  /** The running server's pid (a new one after restart()). */
+  readonly pid: number
+  /** SIGSTOP: the server keeps its connections and answers nothing. */
+  pause (): void
+  /** SIGCONT. */
+  resume (): void
+  /** SIGKILL, and waits until it is gone. */
+  kill (): Promise<void>
+  /** A new server on the same port and dir (empty: nothing is saved). */
+  restart (): Promise<void>
+  stop (): Promise<void>
+}
+
+/** One PING over a raw socket: true when it answers +PONG within `ms`. */
+async function pings (port: number, ms = 500): Promise<boolean> {
+  return await new Promise(resolve => {
+    const socket = net.connect(port, '127.0.0.1')
+    const done = (ok: boolean): void => {
+      socket.destroy()
+      resolve(ok)
+    }
+    socket.setTimeout(ms, () => done(false))
+    socket.once('error', () => done(false))
+    socket.once('connect', () => socket.write('PING\r\n'))
+    socket.once('data', data => done(data.toString().startsWith('+PONG')))
+  })
+}
+
+function exited (child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
+  return new Promise(resolve => child.once('exit', () => resolve()))
+}
+
+export async function startRedis (): Promise<RedisServer> {
+  if (!installed) throw new Error('redis-server is not on the PATH (CI=true: the Redis tests fail instead of skipping)')
+  const dir = await mkdtemp(path.join(tmpdir(), 'fsv-redis-'))
+  let port = await freePort()
+  let child: ChildProcess | undefined
+  let output = ''
+
+  const launch = async (): Promise<void> => {
+    output = ''
+    const server = spawn('redis-server', [
+      '--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
+      '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'yes'
+    ], { stdio: ['ignore', 'pipe', 'pipe'] })
+    child = server
+    server.stdout?.on('data', (data: Buffer) => { output += data.toString() })
+    server.stderr?.on('data', (data: Buffer) => { output += data.toString() })
+    const deadline = Date.now() + 10_000
+    while (Date.now() < deadline) {
+      if (server.exitCode !== null) break
+      if (await pings(port)) return
+      await sleep(25)
+    }
+    server.kill('SIGKILL')
+    await exited(server)
+    throw new Error(`redis-server did not answer PING on port ${port}:\n${output}`)
+  }
+
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await launch()
+      break
+    } catch (error) {
+      // The free port may have been taken between the probe and the bind.
+      if (attempt >= 3 || !/Address already in use/.test(output)) {
+        await rm(dir, { recursive: true, force: true })
+        throw error
+      }
+      port = await freePort()
+    }
+  }
+
+  const signal = (name: NodeJS.Signals): void => {
+    if (child !== undefined && child.exitCode === null && child.signalCode === null) process.kill(child.pid as number, name)
+  }
+  const kill = async (): Promise<void> => {
+    if (child === undefined) return
+    signal('SIGCONT')
+    signal('SIGKILL')
+    await exited(child)
+  }
+  let stopped = false
+
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    get pid () { return child?.pid as number },
+    pause: () => signal('SIGSTOP'),
+    resume: () => signal('SIGCONT'),
+    kill,
+    restart: async () => {
+      await kill()
+      await launch()
+    },
+    stop: async () => {
+      if (stopped) return
+      stopped = true
+      await kill()
+      await rm(dir, { recursive: true, force: true })
+    }
+  }
+}
+
+/** startRedis, stopped in the test's teardown. */
+export async function redisFor (t: Test): Promise<RedisServer> {
+  const redis = await startRedis()
+  t.teardown(async () => await redis.stop())
+  return redis
+}
