@@ -22,16 +22,29 @@ function cutOff (store: Store): { store: Store, cut: (off: boolean) => void } {
   return { store: view, cut: value => { off = value } }
 }
 
-function keeper (t: Test, store: Store, owner: string, ttlMs = 300): LeaseKeeper {
-  const lease = new LeaseKeeper(store, 'checks:backend/0', owner, { ttlMs })
+function keeper (t: Test, store: Store, owner: string, ttlMs = 300, renewMs?: number): LeaseKeeper {
+  const lease = new LeaseKeeper(store, 'checks:backend/0', owner, { ttlMs, renewMs })
   t.teardown(async () => await lease.stop())
   return lease
 }
 
+t.test('LeaseKeeper: renewals keep it past its ttl', async t => {
+  const backend = new MemoryBackend()
+  const a = keeper(t, new MemoryStore({ backend }), 'gw-a', 300)
+  const b = keeper(t, new MemoryStore({ backend }), 'gw-b', 300)
+  a.start()
+  t.ok(await until(() => a.held))
+  b.start()
+  await sleep(1000)
+  t.ok(a.held, 'still held after three ttls')
+  t.notOk(b.held, 'the other waits')
+})
+
 t.test('LeaseKeeper: one holder at a time; another takes over when it stops', async t => {
   const backend = new MemoryBackend()
-  const a = keeper(t, new MemoryStore({ backend }), 'gw-a')
-  const b = keeper(t, new MemoryStore({ backend }), 'gw-b')
+  // A ttl far longer than the test: only a release lets the other in.
+  const a = keeper(t, new MemoryStore({ backend }), 'gw-a', 60_000, 100)
+  const b = keeper(t, new MemoryStore({ backend }), 'gw-b', 60_000, 100)
   const events: string[] = []
   a.on('acquired', () => events.push('a acquired'))
   b.on('acquired', () => events.push('b acquired'))
@@ -39,8 +52,8 @@ t.test('LeaseKeeper: one holder at a time; another takes over when it stops', as
   a.start()
   t.ok(await until(() => a.held), 'the first takes it')
   b.start()
-  await sleep(400)
-  t.ok(a.held, 'kept past its ttl by renewals')
+  await sleep(300)
+  t.ok(a.held)
   t.notOk(b.held, 'the other waits')
   await a.stop()
   t.notOk(a.held)
@@ -86,6 +99,18 @@ t.test('LeaseKeeper: a holder that finds another owner (it was frozen past its t
   t.notOk(a.held)
 })
 
+t.test('LeaseKeeper: stopped while its first attempt runs, it gives up what that attempt took', async t => {
+  const store = new MemoryStore()
+  const lease = new LeaseKeeper(store, 'leader', 'gw-a', { ttlMs: 60_000 })
+  const acquired: string[] = []
+  lease.on('acquired', () => acquired.push('acquired'))
+  lease.start()
+  await lease.stop()
+  t.equal(await store.owner('leader'), null, 'released')
+  t.notOk(lease.held)
+  t.same(acquired, [], 'and never said it held it')
+})
+
 t.test('LeaseKeeper: bad arguments throw at construction', async t => {
   const store = new MemoryStore()
   t.throws(() => new LeaseKeeper(store, '', 'gw', { ttlMs: 100 }), /lease name must be a non-empty string/)
@@ -104,7 +129,10 @@ async function singleFlight (t: Test, stores: Store[]): Promise<void> {
     running--
     return 'started'
   }
-  const results = await Promise.all(stores.map(async (store, i) => await withLease(store, 'start:backend0', `gw-${i}`, 200, task)))
+  const all = Promise.all(stores.map(async (store, i) => await withLease(store, 'start:backend0', `gw-${i}`, 200, task)))
+  await sleep(400)
+  t.notOk(await stores[1].acquire('start:backend0', 'late', 200), 'a late comer finds it held past its first ttl')
+  const results = await all
   const winners = results.filter(result => result.acquired)
   t.equal(winners.length, 1, 'one ran the task')
   t.equal(most, 1, 'never two at once')

@@ -19,7 +19,7 @@ import type { Script } from './redis-scripts.js'
 export interface LinkEvents {
   /** Both connections answer again (or for the first time). */
   up: []
-  /** A call failed or a connection was lost; the first reason since it was up. */
+  /** A call failed or a connection was lost (once per failure); the first reason since it was up. */
   down: [string]
   /** A message on the channel. */
   message: [string]
@@ -54,7 +54,7 @@ export class RedisLink extends EventEmitter<LinkEvents> {
   readonly #command: Redis
   readonly #subscriber: Redis
   #up = false
-  #reported: 'none' | 'up' | 'down' = 'none'
+  #failedSinceUp = false
   #downReason = 'connecting'
   #subscribed = false
   #pending = 0
@@ -114,12 +114,12 @@ export class RedisLink extends EventEmitter<LinkEvents> {
   #down (reason: string): void {
     if (this.#closed) return
     this.#up = false
-    const detail = this.#lastError === '' ? reason : `${reason} (${this.#lastError})`
-    if (this.#reported !== 'down') {
-      this.#reported = 'down'
-      this.#downReason = detail
-      this.emit('down', detail)
+    if (!this.#failedSinceUp) {
+      this.#failedSinceUp = true
+      this.#downReason = this.#lastError === '' ? reason : `${reason} (${this.#lastError})`
     }
+    // The store announces a change of state once, however many failures come.
+    this.emit('down', this.#downReason)
     this.#schedule(this.#settings.retryInterval)
   }
 
@@ -142,7 +142,7 @@ export class RedisLink extends EventEmitter<LinkEvents> {
         await this.#send(async () => await this.#command.ping(), Date.now() + this.#settings.commandTimeout)
         if (this.#closed) return
         this.#up = true
-        this.#reported = 'up'
+        this.#failedSinceUp = false
         this.#lastError = ''
         this.emit('up')
         return

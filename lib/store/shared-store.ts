@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events'
-import { StoreUnavailableError } from '../errors.js'
+import { StoreArgumentError, StoreUnavailableError } from '../errors.js'
+import { showValue } from '../options.js'
 import type { MemberDetails, Member, PeerSettings, PublishedEvent, SettingName, SettingsSnapshot, SharedHealth, SharedHealthRecord, LoadSum, Store, StoreEvents, StoreMessage, StoreState, StoreStatus, PeerSettingsRecord, PeerRef } from './types.js'
 import {
   checkCount, checkDetails, checkEvent, checkHealth, checkIndex, checkName, checkPatch, checkTtl, checkWindow,
@@ -181,7 +182,7 @@ export abstract class SharedStore extends EventEmitter<StoreEvents> implements S
   }
 
   owners (names: readonly string[]): Promise<Array<string | null>> {
-    if (!Array.isArray(names)) checkName(names, 'lease names')
+    if (!Array.isArray(names)) throw new StoreArgumentError(`lease names must be an array, got ${showValue(names)}`)
     for (const name of names) checkName(name, 'lease name')
     if (names.length === 0) return Promise.resolve([])
     return this.#hard(async () => await this.ownersNow(names))
