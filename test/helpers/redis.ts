@@ -62,25 +62,45 @@ export async function startRedis (): Promise<RedisServer> {
   const dir = await mkdtemp(path.join(tmpdir(), 'fsv-redis-'))
   let port = await freePort()
   let child: ChildProcess | undefined
+  let pid = 0
   let output = ''
+
+  const signal = (name: NodeJS.Signals): void => {
+    if (pid === 0) return
+    try { process.kill(pid, name) } catch {}
+  }
+  /** SIGKILL (after SIGCONT), then the shell reaps it and exits. */
+  const kill = async (): Promise<void> => {
+    if (child === undefined) return
+    signal('SIGCONT')
+    signal('SIGKILL')
+    child.stdin?.end()
+    await exited(child)
+  }
 
   const launch = async (): Promise<void> => {
     output = ''
-    const server = spawn('redis-server', [
-      '--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
-      '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'yes'
-    ], { stdio: ['ignore', 'pipe', 'pipe'] })
-    child = server
-    server.stdout?.on('data', (data: Buffer) => { output += data.toString() })
-    server.stderr?.on('data', (data: Buffer) => { output += data.toString() })
+    const args = ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
+      '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'yes']
+    // A shell between the test and redis-server, which prints its pid and
+    // kills it when its stdin closes: redis-server never outlives the test
+    // process, even one that crashed or was killed.
+    const shell = spawn('sh', ['-c', 'redis-server "$@" & echo "pid $!"; read _; kill -CONT $! 2>/dev/null; kill -KILL $! 2>/dev/null; wait', 'sh', ...args],
+      { stdio: ['pipe', 'pipe', 'pipe'] })
+    child = shell
+    pid = 0
+    shell.stdout?.on('data', (data: Buffer) => {
+      output += data.toString()
+      if (pid === 0) pid = Number(/^pid (\d+)$/m.exec(output)?.[1] ?? 0)
+    })
+    shell.stderr?.on('data', (data: Buffer) => { output += data.toString() })
     const deadline = Date.now() + 10_000
     while (Date.now() < deadline) {
-      if (server.exitCode !== null) break
-      if (await pings(port)) return
+      if (shell.exitCode !== null || /aborting|Address already in use/.test(output)) break
+      if (pid !== 0 && await pings(port)) return
       await sleep(25)
     }
-    server.kill('SIGKILL')
-    await exited(server)
+    await kill()
     throw new Error(`redis-server did not answer PING on port ${port}:\n${output}`)
   }
 
@@ -98,21 +118,12 @@ export async function startRedis (): Promise<RedisServer> {
     }
   }
 
-  const signal = (name: NodeJS.Signals): void => {
-    if (child !== undefined && child.exitCode === null && child.signalCode === null) process.kill(child.pid as number, name)
-  }
-  const kill = async (): Promise<void> => {
-    if (child === undefined) return
-    signal('SIGCONT')
-    signal('SIGKILL')
-    await exited(child)
-  }
   let stopped = false
 
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
-    get pid () { return child?.pid as number },
+    get pid () { return pid },
     pause: () => signal('SIGSTOP'),
     resume: () => signal('SIGCONT'),
     kill,
