@@ -55,22 +55,35 @@ export function weightedCycle (peers: readonly Peer[]): Peer[] {
   return cycle
 }
 
-/** Walks a cycle from where it last stopped, skipping peers that are not usable. */
+/**
+ * Walks a cycle from where it last stopped, skipping peers that are not
+ * usable. A pick with peers to exclude is a retry of a request that already
+ * had its turn: it looks ahead from the cursor without moving it, so retries
+ * do not shift the rotation of the requests that follow (nginx: a failing
+ * peer stays the first try of its share of requests, not of every one).
+ */
 export class CycleCursor {
   #cycle: Peer[] = []
   #at = 0
 
+  /** A new cycle (the routable peers changed): the peer that was next stays next, if it is in it. */
   reset (cycle: Peer[]): void {
+    const next = this.#cycle[this.#at]
     this.#cycle = cycle
-    this.#at = cycle.length === 0 ? 0 : this.#at % cycle.length
+    const at = next === undefined ? -1 : cycle.indexOf(next)
+    this.#at = at !== -1 ? at : cycle.length === 0 ? 0 : this.#at % cycle.length
   }
 
   next (exclude: readonly Peer[] | undefined): Peer | undefined {
     const cycle = this.#cycle
+    let at = this.#at
     for (let n = 0; n < cycle.length; n++) {
-      const peer = cycle[this.#at]
-      this.#at = this.#at + 1 === cycle.length ? 0 : this.#at + 1
-      if (usable(peer, exclude)) return peer
+      const peer = cycle[at]
+      at = at + 1 === cycle.length ? 0 : at + 1
+      if (usable(peer, exclude)) {
+        if (exclude === undefined || exclude.length === 0) this.#at = at
+        return peer
+      }
     }
     return undefined
   }

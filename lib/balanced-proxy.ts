@@ -1,87 +1,93 @@
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import { Stream, type Readable } from 'node:stream'
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import type { FastifyReplyFromHooks } from '@fastify/reply-from'
+import type { Dispatcher } from 'undici'
 import type { Peer } from './peer.js'
 import type { Registry } from './registry.js'
 import type { Upstream } from './upstream.js'
 import type { ProxySettings } from './proxy-options.js'
 import { HoldQueue } from './hold-queue.js'
-import { NoPeerError, PeerConnectError, PeerTimeoutError } from './errors.js'
-import { IDEMPOTENT, failureOf, hasBody } from './proxy-failure.js'
+import { BadRequestError, ClientGoneError, NoPeerError, PeerBadResponseError } from './errors.js'
+import { Exchange } from './proxy-attempt.js'
+import { ProxyDispatcher } from './proxy-dispatcher.js'
+import { RequestBody, hasBody } from './proxy-body.js'
+import { FailureLog } from './failure-log.js'
+import { forClient } from './proxy-errors.js'
 
 /** Where a request's attempts stand: kept on the request under a Symbol, out of the public shape. */
-export const kAttempt = Symbol('fastify-supervisord.attempt')
+export const kExchange = Symbol('fastify-supervisord.exchange')
 
-interface Attempt {
-  /** The request and its reply as the route saw them (reply-from's hooks see them typed for any raw server). */
-  request: FastifyRequest
-  reply: FastifyReply
-  /** Peers already tried by this request (set only after a failure). */
-  tried: Peer[] | null
-  /** Path sent to the peer, kept for a retry on another peer. */
-  dest: string
-}
+type ExchangeCarrier = FastifyRequest & { [kExchange]?: Exchange }
 
-type AttemptCarrier = BalancedRequest & { [kAttempt]?: Attempt }
-
-/** reply-from's part of a dispatch: where to send, what to do on an error or a response. */
-type FromOptions = Required<Pick<FastifyReplyFromHooks, 'getUpstream' | 'onError' | 'retryDelay'>> & Pick<FastifyReplyFromHooks, 'onResponse'>
+/** reply-from's part of a dispatch: where to send, what to do on an error of its own. */
+type FromOptions = Required<Pick<FastifyReplyFromHooks, 'getUpstream' | 'onError' | 'retryDelay'>>
 type FromRequest = Parameters<FromOptions['getUpstream']>[0]
 type FromReply = Parameters<FromOptions['onError']>[0]
-type FromResponse = Parameters<NonNullable<FromOptions['onResponse']>>[2]
-/** What the proxy touches of a request and a reply, whichever raw server Fastify runs on. */
-type BalancedRequest = Pick<FastifyRequest, 'upstreamPeer'>
-interface HeaderSetter { header: (name: string, value: string) => unknown }
 
 /**
  * The balancing of one proxy: a peer is picked per request (or the request is
- * held while one is started), and a failed attempt is sent again to another
- * peer, which reply-from's own retries never do. The plugin face hands these
- * methods to @fastify/http-proxy.
+ * held while one is started), after a small body has been read in full; the
+ * request then goes through reply-from to the proxy's dispatcher, which sends
+ * a failed attempt on to another peer (reply-from's own retries never change
+ * peer). The plugin face hands these methods to @fastify/http-proxy.
  */
 export class BalancedProxy {
   readonly #upstream: Upstream
   readonly #config: ProxySettings
   readonly #hold: HoldQueue
+  readonly #log: FailureLog
+  readonly dispatcher: ProxyDispatcher
   readonly fromOptions: FromOptions
 
-  constructor (upstream: Upstream, registry: Registry, config: ProxySettings) {
+  constructor (upstream: Upstream, registry: Registry, agent: Dispatcher, config: ProxySettings, log: FastifyBaseLogger) {
     this.#upstream = upstream
     this.#config = config
     this.#hold = new HoldQueue(upstream, registry, config)
+    this.#log = new FailureLog(log)
+    this.dispatcher = new ProxyDispatcher(upstream, registry, agent, config, this.#log)
     this.fromOptions = {
       getUpstream: (request: FromRequest) => (request.upstreamPeer as Peer).origin,
       onError: this.#onError,
-      onResponse: config.failStatuses.size > 0 ? this.#onResponse : undefined,
       // Never retry on the same peer (reply-from's default retries a GET
       // answered 503 up to ten times): a retry here means another peer.
       retryDelay: () => null
     }
   }
 
-  #assign (request: BalancedRequest, reply: HeaderSetter, peer: Peer): void {
-    request.upstreamPeer = peer
-    if (this.#config.peerHeader !== undefined) reply.header(this.#config.peerHeader, peer.address)
-  }
-
-  #release (request: BalancedRequest): void {
-    const peer = request.upstreamPeer
-    if (peer === null) return
-    request.upstreamPeer = null
-    peer.release()
-  }
-
-  /** The preHandler, callback style: the common case (a peer is routable) costs no promise. */
+  /** The preHandler, callback style: the common case (no body, a peer routable) costs no promise. */
   readonly pickOrHold = (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void): void => {
-    // One listener per request does both jobs: a held client that goes away
-    // leaves the queue, and a sent request gives its in-flight slot back.
+    const exchange = new Exchange(request, reply, this.#config.peerHeader)
+    ;(request as ExchangeCarrier)[kExchange] = exchange
+    // One listener per request: a held client that goes away leaves the
+    // queue; a sent request gives its in-flight slot back and, unanswered,
+    // is aborted upstream.
     reply.raw.once('close', () => {
       this.#hold.drop(request)
-      this.#release(request)
+      exchange.closed()
     })
+    if (!hasBody(request.headers)) {
+      this.#pick(exchange, done)
+      return
+    }
+    const source = request.body instanceof Stream ? request.body as Readable : request.raw
+    RequestBody.read(source, this.#config.retryBodySize, Number(request.headers['content-length'])).then(body => {
+      exchange.body = body
+      this.#pick(exchange, done)
+    }, (error: Error) => {
+      done(exchange.clientGone ? new ClientGoneError() : new BadRequestError(this.#upstream.name, `the body could not be read (${error.message})`))
+    })
+  }
+
+  #pick (exchange: Exchange, done: (error?: Error) => void): void {
+    if (exchange.clientGone) {
+      done(new ClientGoneError())
+      return
+    }
+    const { request, reply } = exchange
     const peer = this.#upstream.pick(request)
     if (peer !== undefined) {
       peer.acquire()
-      this.#assign(request, reply, peer)
+      exchange.assign(peer)
       done()
       return
     }
@@ -91,59 +97,29 @@ export class BalancedProxy {
       return
     }
     this.#hold.wait(request).then(held => {
-      this.#assign(request, reply, held)
+      exchange.assign(held)
       done()
     }, (error: Error & { statusCode?: number }) => {
       if (error.statusCode === 503) reply.header('retry-after', this.#config.retryAfter)
-      done(error)
+      done(forClient(error, this.#upstream.name, this.#config.exposeErrors))
     })
   }
 
   /** The route handler: reply-from adds the request's query string to `dest` itself. */
   readonly handle = (request: FastifyRequest, reply: FastifyReply, dest: string): void => {
-    const attempt: Attempt = { request, reply, tried: null, dest }
-    ;(request as AttemptCarrier)[kAttempt] = attempt
-    this.#dispatch(attempt)
+    this.dispatcher.forward((request as ExchangeCarrier)[kExchange] as Exchange, reply, dest, this.fromOptions)
   }
 
-  #dispatch (attempt: Attempt): void {
-    attempt.reply.from(attempt.dest, this.fromOptions)
-  }
-
+  /** An error reply-from raised itself (the dispatcher answers the failures of attempts). */
   readonly #onError = (fromReply: FromReply, { error }: { error: Error }): void => {
-    const attempt = (fromReply.request as AttemptCarrier)[kAttempt]
-    const peer = fromReply.request.upstreamPeer
-    if (peer === null || attempt === undefined) {
-      fromReply.send(error)
-      return
-    }
-    const { request, reply } = attempt
-    const failure = failureOf(error)
-    peer.recordFailure(failure.reason)
-    request.log.warn({ upstream: this.#upstream.name, peer: peer.address, reason: failure.reason }, 'peer failed')
-    const tried = attempt.tried ?? (attempt.tried = [])
-    tried.push(peer)
-    this.#release(request)
-    const next = IDEMPOTENT.has(request.method) && !hasBody(request) && tried.length < this.#config.tries && !reply.sent
-      ? this.#upstream.pick(request, tried)
-      : undefined
-    if (next !== undefined) {
-      next.acquire()
-      this.#assign(request, reply, next)
-      this.#dispatch(attempt)
-      return
-    }
-    const ErrorType = failure.timeout ? PeerTimeoutError : PeerConnectError
-    reply.send(new ErrorType(peer.address, this.#upstream.name, failure.reason))
-  }
-
-  readonly #onResponse = (request: FromRequest, reply: FromReply, res: FromResponse): void => {
-    if (this.#config.failStatuses.has(res.statusCode)) request.upstreamPeer?.recordFailure(`status ${res.statusCode}`)
-    reply.send(res.stream)
+    fromReply.request.log.warn({ upstream: this.#upstream.name, reason: error.message }, 'proxy: reply-from failed')
+    if (!fromReply.sent) fromReply.send(new PeerBadResponseError(this.#upstream.name, this.#config.exposeErrors ? `: ${error.message}` : ''))
   }
 
   /** The server is closing: answer everything held. */
   close (): void {
     this.#hold.close(new NoPeerError(this.#upstream.name))
+    this.dispatcher.close()
+    this.#log.close()
   }
 }

@@ -24,10 +24,34 @@ export const PeerOutOfRangeError = createError(
 
 export const NoPeerError = createError(
   'FST_SUPERVISORD_NO_PEER', 'No routable peer in upstream "%s"', 503)
+
+// What the proxy answers when an attempt failed. The message names the
+// upstream only; the last `%s` is empty unless `exposeErrors` adds the peer
+// and the reason. No stack is captured: these are answers, not bugs, and a
+// burst of them must not fill the log with traces.
 export const PeerConnectError = createError(
-  'FST_SUPERVISORD_PEER_CONNECT', 'Peer %s of upstream "%s" failed: %s', 502)
+  'FST_SUPERVISORD_PEER_CONNECT', 'A peer of upstream "%s" could not be reached or dropped the connection%s', 502, Error, false)
 export const PeerTimeoutError = createError(
-  'FST_SUPERVISORD_PEER_TIMEOUT', 'Peer %s of upstream "%s" timed out: %s', 504)
+  'FST_SUPERVISORD_PEER_TIMEOUT', 'A peer of upstream "%s" timed out%s', 504, Error, false)
+export const PeerBadResponseError = createError(
+  'FST_SUPERVISORD_PEER_BAD_RESPONSE', 'A peer of upstream "%s" sent a malformed or truncated response%s', 502, Error, false)
+/** The client's request cannot be sent on as it is (a header the HTTP client refuses, a broken body). */
+export const BadRequestError = createError(
+  'FST_SUPERVISORD_BAD_REQUEST', 'The request cannot be forwarded to upstream "%s": %s', 400, Error, false)
+/** An error whose message may carry internal details (supervisord addresses, program names), as clients see it. */
+export const UpstreamFailedError = createError(
+  'FST_SUPERVISORD_UPSTREAM_FAILED', 'Upstream "%s" could not serve the request (the reason is in the gateway\'s log)', 502, Error, false)
+
+// Reasons the proxy aborts an attempt of its own accord; never sent to clients.
+/** The client went away: its upstream request is aborted. */
+export const ClientGoneError = createError(
+  'FST_SUPERVISORD_CLIENT_GONE', 'The client went away', 400, Error, false)
+/** The peer was taken out of rotation while the attempt waited for its answer: it goes to another peer. */
+export const PeerTakenOutError = createError(
+  'FST_SUPERVISORD_PEER_TAKEN_OUT', 'The peer was taken out of rotation (%s)', 502, Error, false)
+/** A response that the HTTP parser accepts but the proxy does not (a status over 599, a flood of interim responses). */
+export const MalformedResponseError = createError(
+  'FST_SUPERVISORD_MALFORMED_RESPONSE', '%s', 502, Error, false)
 export const HoldOverflowError = createError(
   'FST_SUPERVISORD_HOLD_OVERFLOW', 'Too many requests held for upstream "%s" (maxHeld %d)', 503)
 export const HoldTimeoutError = createError(

@@ -25,9 +25,10 @@ export interface PeerChange {
   at: number
 }
 
-/** What a peer needs from its upstream: one way to report a change, one to report in-flight moves. */
+/** What a peer needs from its upstream: its peers, one way to report a change, one to report in-flight moves. */
 export interface PeerOwner {
   readonly name: string
+  readonly peers: readonly Peer[]
   peerChanged (change: PeerChange): void
   inflightChanged (peer: Peer): void
 }
@@ -66,8 +67,9 @@ export class Peer {
   #admin: AdminState = 'ready'
   #health: HealthState = 'unknown'
   #passive: PassiveState = 'ok'
-  #failWindowStart = 0
-  #failWindowCount = 0
+  /** Failures counted towards maxFails (nginx's `fails`), and when the last one was. */
+  #failCount = 0
+  #lastFailure = 0
   #passiveTimer: NodeJS.Timeout | undefined
   #program: string | null = null
 
@@ -214,23 +216,40 @@ export class Peer {
   }
 
   /**
-   * Passive (in-band) accounting, as nginx's max_fails/fail_timeout: failures
-   * are counted in a window of failTimeout that opens at the first one;
-   * maxFails of them take the peer out for failTimeout. maxFails 0 disables it.
+   * The only server of its upstream (one primary, no backup): nginx's
+   * `single`. Passive failures never take it out, since there is nowhere
+   * else to send its requests.
+   */
+  get lone (): boolean {
+    return this.#owner.peers.length === 1
+  }
+
+  /**
+   * Passive (in-band) accounting, as nginx's max_fails/fail_timeout: maxFails
+   * failures, each within failTimeout of the one before, take the peer out
+   * for failTimeout. When it comes back it is on probation: one more failure
+   * takes it out again, a success (after failTimeout) clears the count. A
+   * lone peer is never taken out; maxFails 0 disables it.
    */
   recordFailure (reason: string, now = Date.now()): void {
     this.#fails++
-    if (this.maxFails === 0 || this.#passive === 'failed') return
-    if (now - this.#failWindowStart > this.failTimeout) {
-      this.#failWindowStart = now
-      this.#failWindowCount = 0
-    }
-    if (++this.#failWindowCount < this.maxFails) return
-    this.#failWindowCount = 0
+    if (this.maxFails === 0 || this.#passive === 'failed' || this.lone) return
+    const onProbation = this.#failCount >= this.maxFails
+    if (!onProbation && now - this.#lastFailure > this.failTimeout) this.#failCount = 0
+    this.#lastFailure = now
+    if (!onProbation && ++this.#failCount < this.maxFails) return
     this.#passive = 'failed'
     this.#changed('passive', 'ok', 'failed', reason)
-    this.#passiveTimer = setTimeout(() => this.clearPassive('failTimeout passed'), this.failTimeout)
+    this.#passiveTimer = setTimeout(() => this.#endPassive('failTimeout passed'), this.failTimeout)
     this.#passiveTimer.unref()
+  }
+
+  /**
+   * A response came: once failTimeout has passed since the last failure,
+   * the count starts again (nginx: "mark peer live if check passed").
+   */
+  recordSuccess (now = Date.now()): void {
+    if (this.#failCount !== 0 && this.#passive === 'ok' && now - this.#lastFailure > this.failTimeout) this.#failCount = 0
   }
 
   /** Drops the pending passive-recovery timer without announcing anything (registry closing). */
@@ -239,8 +258,13 @@ export class Peer {
     this.#passiveTimer = undefined
   }
 
-  /** Ends a passive failure (its failTimeout passed, or an operator cleared it). */
+  /** An operator ends a passive failure: the peer is trusted again, with no probation. */
   clearPassive (reason: string): void {
+    this.#failCount = 0
+    this.#endPassive(reason)
+  }
+
+  #endPassive (reason: string): void {
     clearTimeout(this.#passiveTimer)
     this.#passiveTimer = undefined
     if (this.#passive === 'ok') return

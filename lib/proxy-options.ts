@@ -26,6 +26,15 @@ export interface ProxyOptions {
   failStatuses?: number[]
   /** Name of a response header that tells which peer answered (default off; `true` means `x-upstream-peer`). */
   peerHeader?: string | boolean
+  /**
+   * Request bodies up to this many bytes are read in full before they are
+   * sent, and kept, so that an idempotent request can go to another peer
+   * after a failed send (default 65536; 0 streams every body). A longer body
+   * is streamed, and goes to another peer only if nothing of it was sent.
+   */
+  retryBodySize?: number
+  /** Error answers name the peer and the reason of a failure (default false: code and upstream only). For trusted networks. */
+  exposeErrors?: boolean
   /** Seconds in the Retry-After header of 503 answers (default 5). */
   retryAfter?: number
   /** Requests held at once while a peer is started on demand (default 1000). */
@@ -37,8 +46,11 @@ export interface ProxyOptions {
 }
 
 const KNOWN_OPTIONS = optionKeys<ProxyOptions>()('upstream', 'prefix', 'rewritePrefix', 'httpMethods', 'connectTimeout',
-  'headersTimeout', 'bodyTimeout', 'keepAliveTimeout', 'connections', 'nextUpstreamTries', 'failStatuses', 'peerHeader', 'retryAfter',
+  'headersTimeout', 'bodyTimeout', 'keepAliveTimeout', 'connections', 'nextUpstreamTries', 'failStatuses', 'peerHeader', 'retryBodySize', 'exposeErrors', 'retryAfter',
   'maxHeld', 'holdTimeout', 'disableRequestLogging')
+
+/** RFC 9110 §5.6.2: what a field name is made of. */
+const HTTP_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 
 /** The proxy's options, checked, with their defaults filled in. */
 export function settings (options: ProxyOptions, upstream: Upstream) {
@@ -49,7 +61,9 @@ export function settings (options: ProxyOptions, upstream: Upstream) {
     throw optionError(where, `option "failStatuses" must be a list of 5xx statuses, got ${showValue(failStatuses)}`)
   }
   const peerHeader = options.peerHeader === true ? 'x-upstream-peer' : options.peerHeader === false ? undefined : options.peerHeader
-  if (peerHeader !== undefined) stringOption(peerHeader, '', where, 'peerHeader')
+  if (peerHeader !== undefined && (typeof peerHeader !== 'string' || !HTTP_TOKEN.test(peerHeader))) {
+    throw optionError(where, `option "peerHeader" must be a header name (an HTTP token: letters, digits and !#$%&'*+-.^_\`|~), true or false, got ${showValue(options.peerHeader)}`)
+  }
   // Fastify applies `prefix` to this plugin's context; it is only checked here.
   if (!stringOption(options.prefix, '/', where, 'prefix').startsWith('/')) {
     throw optionError(where, `option "prefix" must start with "/", got ${showValue(options.prefix)}`)
@@ -62,7 +76,9 @@ export function settings (options: ProxyOptions, upstream: Upstream) {
     connections: options.connections === undefined ? undefined : numberOption(options.connections, 0, where, 'connections', { min: 1, integer: true }),
     tries: numberOption(options.nextUpstreamTries, 0, where, 'nextUpstreamTries', { min: 0, integer: true }) || upstream.peers.length,
     failStatuses: new Set(failStatuses),
-    peerHeader,
+    peerHeader: peerHeader?.toLowerCase(),
+    retryBodySize: numberOption(options.retryBodySize, 65_536, where, 'retryBodySize', { min: 0, integer: true }),
+    exposeErrors: booleanOption(options.exposeErrors, false, where, 'exposeErrors'),
     retryAfter: String(numberOption(options.retryAfter, 5, where, 'retryAfter', { min: 0, integer: true })),
     maxHeld: numberOption(options.maxHeld, 1000, where, 'maxHeld', { min: 0, integer: true }),
     holdTimeout: durationOption(options.holdTimeout, 30_000, where, 'holdTimeout'),

@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import httpProxy from '@fastify/http-proxy'
-import { Agent } from 'undici'
+import { Agent, type Dispatcher } from 'undici'
 import type { FastifyInstance } from 'fastify'
 import { BalancedProxy } from '../lib/balanced-proxy.js'
 import { settings, type ProxyOptions } from '../lib/proxy-options.js'
@@ -18,7 +18,6 @@ async function proxyPlugin (fastify: FastifyInstance, options: ProxyOptions): Pr
   }
   const upstream = fastify.upstreams.get(options.upstream)
   const config = settings(options, upstream)
-  const balanced = new BalancedProxy(upstream, fastify.upstreams, config)
   const agent = new Agent({
     connect: { timeout: config.connectTimeout },
     headersTimeout: config.headersTimeout,
@@ -27,13 +26,17 @@ async function proxyPlugin (fastify: FastifyInstance, options: ProxyOptions): Pr
     connections: config.connections ?? null,
     pipelining: 1
   })
+  const balanced = new BalancedProxy(upstream, fastify.upstreams, agent, config, fastify.log)
 
   await fastify.register(httpProxy, {
     upstream: '',
     // `prefix` was already applied by Fastify to this plugin's context.
     rewritePrefix: options.rewritePrefix,
     httpMethods: options.httpMethods,
-    undici: agent,
+    // reply-from sends through the balancing dispatcher, which sends through
+    // the agent. The cast: reply-from's type asks for undici's whole
+    // request() API; it calls only request(options, callback).
+    undici: balanced.dispatcher as unknown as Pick<Dispatcher, 'request'>,
     disableRequestLogging: config.disableRequestLogging,
     preHandler: balanced.pickOrHold,
     replyOptions: { getUpstream: balanced.fromOptions.getUpstream },

@@ -169,7 +169,8 @@ t.test('close aborts a hanging check at once', async t => {
 t.test('priority: with active checks passing, a passive failure still takes the peer out', async t => {
   const b = await backendFor(t, ok)
   const { peer } = await checkedApp(t, {
-    servers: [{ address: b.address, maxFails: 1, failTimeout: 60_000 }],
+    // A backup beside it: a lone peer is never taken out passively (nginx).
+    servers: [{ address: b.address, maxFails: 1, failTimeout: 60_000 }, { address: b.address, backup: true }],
     healthCheck: { interval: 20, rise: 2, fall: 1 }
   })
   t.ok(await until(() => peer.health === 'healthy'), 'healthy')

@@ -63,8 +63,8 @@ t.test('maxHeld overflow and holdTimeout answer 503 with Retry-After', async t =
   t.ok(waited < 1000, 'nothing waits much past holdTimeout')
 })
 
-t.test('a failed start answers 502 with the reason', async t => {
-  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } })
+t.test('a failed start answers 502, with the reason when errors are exposed', async t => {
+  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { exposeErrors: true })
   await listening(app)
   t.teardown(() => app.close())
   const upstream = app.upstreams.get('b')

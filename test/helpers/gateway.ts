@@ -1,4 +1,5 @@
-import Fastify, { type FastifyInstance } from 'fastify'
+import type http from 'node:http'
+import Fastify, { type FastifyHttpOptions, type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import { Agent } from 'undici'
 import registry, { type RegistryOptions } from '../../plugins/registry.js'
@@ -10,8 +11,8 @@ export function loggerInto<T = Record<string, unknown>> (lines: T[], level = 'in
 }
 
 /** A gateway with the registry and one proxy, not yet listening. */
-export async function gateway (upstreams: RegistryOptions['upstreams'], proxyOptions: Partial<ProxyOptions> = {}): Promise<FastifyInstance> {
-  const app = Fastify({ logger: false, trustProxy: true })
+export async function gateway (upstreams: RegistryOptions['upstreams'], proxyOptions: Partial<ProxyOptions> = {}, serverOptions: FastifyHttpOptions<http.Server> = {}): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false, trustProxy: true, ...serverOptions })
   await app.register(registry, { upstreams })
   const first = Array.isArray(upstreams) ? upstreams[0].name : Object.keys(upstreams)[0]
   await app.register(proxy, { upstream: first, ...proxyOptions })
