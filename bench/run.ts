@@ -4,6 +4,7 @@ import { pathToFileURL } from 'node:url'
 const benches: Record<string, () => Promise<{ run: () => Promise<void> }>> = {
   'balancer-cost': async () => await import('./balancer-cost.js'),
   peers: async () => await import('./peers.js'),
+  faults: async () => await import('./faults.js'),
   'health-checks': async () => await import('./health-checks.js'),
   'cold-start': async () => await import('./cold-start.js')
 }
