@@ -7,7 +7,7 @@ import type { Registry } from './registry.js'
 import type { Upstream } from './upstream.js'
 import type { ProxySettings } from './proxy-options.js'
 import { HoldQueue } from './hold-queue.js'
-import { BadRequestError, ClientGoneError, NoPeerError, PeerBadResponseError } from './errors.js'
+import { BadRequestError, ClientGoneError, NoPeerError } from './errors.js'
 import { Exchange } from './proxy-attempt.js'
 import { ProxyDispatcher } from './proxy-dispatcher.js'
 import { RequestBody, hasBody } from './proxy-body.js'
@@ -19,10 +19,9 @@ export const kExchange = Symbol('fastify-supervisord.exchange')
 
 type ExchangeCarrier = FastifyRequest & { [kExchange]?: Exchange }
 
-/** reply-from's part of a dispatch: where to send, what to do on an error of its own. */
-type FromOptions = Required<Pick<FastifyReplyFromHooks, 'getUpstream' | 'onError' | 'retryDelay'>>
+/** reply-from's part of a dispatch: where to send, and no retries of its own. */
+type FromOptions = Required<Pick<FastifyReplyFromHooks, 'getUpstream' | 'retryDelay'>>
 type FromRequest = Parameters<FromOptions['getUpstream']>[0]
-type FromReply = Parameters<FromOptions['onError']>[0]
 
 /**
  * The balancing of one proxy: a peer is picked per request (or the request is
@@ -47,7 +46,6 @@ export class BalancedProxy {
     this.dispatcher = new ProxyDispatcher(upstream, registry, agent, config, this.#log)
     this.fromOptions = {
       getUpstream: (request: FromRequest) => (request.upstreamPeer as Peer).origin,
-      onError: this.#onError,
       // Never retry on the same peer (reply-from's default retries a GET
       // answered 503 up to ten times): a retry here means another peer.
       retryDelay: () => null
@@ -79,10 +77,6 @@ export class BalancedProxy {
   }
 
   #pick (exchange: Exchange, done: (error?: Error) => void): void {
-    if (exchange.clientGone) {
-      done(new ClientGoneError())
-      return
-    }
     const { request, reply } = exchange
     const peer = this.#upstream.pick(request)
     if (peer !== undefined) {
@@ -108,12 +102,6 @@ export class BalancedProxy {
   /** The route handler: reply-from adds the request's query string to `dest` itself. */
   readonly handle = (request: FastifyRequest, reply: FastifyReply, dest: string): void => {
     this.dispatcher.forward((request as ExchangeCarrier)[kExchange] as Exchange, reply, dest, this.fromOptions)
-  }
-
-  /** An error reply-from raised itself (the dispatcher answers the failures of attempts). */
-  readonly #onError = (fromReply: FromReply, { error }: { error: Error }): void => {
-    fromReply.request.log.warn({ upstream: this.#upstream.name, reason: error.message }, 'proxy: reply-from failed')
-    if (!fromReply.sent) fromReply.send(new PeerBadResponseError(this.#upstream.name, this.#config.exposeErrors ? `: ${error.message}` : ''))
   }
 
   /** The server is closing: answer everything held. */

@@ -38,6 +38,8 @@ export interface AttemptFacts {
   answered: boolean
   /** Reading the client's body failed. */
   clientBodyFailed: boolean
+  /** The peer is being stopped on purpose (supervisord `stopping`, or `down`): what it drops is not held against it. */
+  peerLeaving: boolean
 }
 
 /** RFC 9110 §9.2.2: the methods a request may be repeated with. */
@@ -57,6 +59,12 @@ const BAD_RESPONSE_MESSAGES = new Set(['bad response', 'bad upgrade'])
  * `failStatuses`.
  */
 export function faultOf (failure: Error | number, facts: AttemptFacts): Fault {
+  const fault = classify(failure, facts)
+  if (fault.party === 'peer' && facts.peerLeaving) fault.party = 'nobody'
+  return fault
+}
+
+function classify (failure: Error | number, facts: AttemptFacts): Fault {
   if (typeof failure === 'number') return { party: 'peer', kind: 'status', reason: `status ${failure}` }
   const code = (failure as Error & { code?: unknown }).code
   const name = typeof code === 'string' ? code : failure.name

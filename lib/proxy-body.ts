@@ -112,10 +112,6 @@ export class RequestBody {
 
   #flowInto (stream: Readable): void {
     if (this.#current !== stream) {
-      if (this.#ended) {
-        stream.push(null)
-        return
-      }
       if (this.#current === null && !this.#touched) {
         this.#source.on('data', this.#onData)
         this.#source.on('end', this.#onEnd)

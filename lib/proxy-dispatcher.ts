@@ -13,13 +13,21 @@ import { errorFor } from './proxy-errors.js'
 import { requestHeadersForPeer, responseHeadersForClient } from './proxy-headers.js'
 import { PeerTakenOutError } from './errors.js'
 
-const ANSWERED = { sent: true, answered: true, clientBodyFailed: false }
+/** A peer being stopped on purpose: what it drops is nobody's fault. */
+function leaving (peer: Peer): boolean {
+  return peer.process === 'stopping' || peer.process === 'down'
+}
 
-/** A change that takes a peer out of rotation while requests wait on it: they are rescued. */
+/**
+ * A change that takes a peer out of rotation while requests wait on it: they
+ * are rescued. Not `stopping`: a stop drains the peer first (its in-flight
+ * requests finish); what it still has when supervisord stops it is dropped,
+ * and goes on from the failure, uncharged.
+ */
 function takesOut (change: PeerChange): boolean {
   return (change.field === 'health' && change.to === 'unhealthy') ||
     (change.field === 'passive' && change.to === 'failed') ||
-    (change.field === 'process' && (change.to === 'stopping' || change.to === 'down'))
+    (change.field === 'process' && change.to === 'down')
 }
 
 /**
@@ -66,20 +74,14 @@ export class ProxyDispatcher implements AttemptOwner {
     }
   }
 
-  /** reply-from's call. */
+  /** reply-from's call, from within forward(): reply.from() is called nowhere else in the proxy's context. */
   request (forwarded: ForwardedRequest, callback: ForwardCallback): void {
-    const exchange = this.#handoff
+    const exchange = this.#handoff as Exchange
     this.#handoff = null
-    const peer = exchange?.peer
-    if (exchange === null || peer === null || peer === undefined) {
-      // Not one of ours (another reply.from() in this context): a plain request.
-      this.#agent.request(forwarded as Dispatcher.RequestOptions, callback as never)
-      return
-    }
     requestHeadersForPeer(forwarded.headers)
     exchange.forwarded = forwarded
     exchange.callback = callback
-    this.#send(exchange, peer)
+    this.#send(exchange, exchange.peer as Peer)
   }
 
   close (): void {
@@ -110,23 +112,25 @@ export class ProxyDispatcher implements AttemptOwner {
   answered (attempt: Attempt, statusCode: number, headers: IncomingHttpHeaders): void {
     const { exchange, peer } = attempt
     this.forget(attempt)
-    if (this.#settings.failStatuses.has(statusCode)) this.#charge(peer, faultOf(statusCode, ANSWERED))
-    else peer.recordSuccess()
+    if (this.#settings.failStatuses.has(statusCode)) {
+      this.#charge(peer, faultOf(statusCode, { sent: true, answered: true, clientBodyFailed: false, peerLeaving: leaving(peer) }))
+    } else {
+      peer.recordSuccess()
+    }
     responseHeadersForClient(headers)
     const callback = exchange.callback as ForwardCallback
     exchange.callback = null
     try {
       callback(null, { statusCode, headers, body: attempt.response as NonNullable<Attempt['response']> })
-    } catch (error) {
-      // reply-from could not take the response; nobody's fault, and nothing must throw into undici.
+    } catch (error) /* c8 ignore start: reply-from and Fastify take any response undici parses; the guard keeps a throw out of undici */ {
       exchange.request.log.error({ err: error }, 'proxy: the response could not be passed on')
       attempt.response?.destroy()
-    }
+    } /* c8 ignore stop */
   }
 
   failed (attempt: Attempt, error: Error): void {
     const { exchange, peer } = attempt
-    const fault = faultOf(error, { sent: attempt.sent, answered: attempt.answered, clientBodyFailed: exchange.body?.failed != null })
+    const fault = faultOf(error, { sent: attempt.sent, answered: attempt.answered, clientBodyFailed: exchange.body?.failed != null, peerLeaving: leaving(peer) })
     this.forget(attempt)
     if (fault.party === 'peer') this.#charge(peer, fault)
     else if (fault.party === 'client') this.#log.write('info', `client ${fault.kind}`, { upstream: this.#upstream.name, reason: fault.reason }, 'proxy: the client\'s request failed')
@@ -165,6 +169,7 @@ export class ProxyDispatcher implements AttemptOwner {
   }
 
   #charge (peer: Peer, fault: Fault): void {
+    if (fault.party !== 'peer') return
     peer.recordFailure(fault.reason)
     this.#log.write('warn', `${peer.index} ${fault.reason}`,
       { upstream: this.#upstream.name, peer: peer.address, kind: fault.kind, reason: fault.reason }, 'proxy: peer failed')

@@ -16,14 +16,13 @@ const PUBLIC_CODES = new Set<string>([
 export function errorFor (fault: Fault, upstream: string, peer: Peer, exposeErrors: boolean): Error {
   const detail = exposeErrors ? `: peer ${peer.address}: ${fault.reason}` : ''
   switch (fault.kind) {
+    case 'connect': return new PeerConnectError(upstream, detail)
     case 'timeout': return new PeerTimeoutError(upstream, detail)
     case 'response':
     case 'status': return new PeerBadResponseError(upstream, detail)
     case 'request': return new BadRequestError(upstream, fault.reason)
-    case 'gone': return new ClientGoneError()
-    case 'rescue':
-    case 'closing': return new NoPeerError(upstream)
-    default: return new PeerConnectError(upstream, detail)
+    // Nobody's fault with nowhere to go: the proxy is shutting down.
+    default: return new NoPeerError(upstream)
   }
 }
 

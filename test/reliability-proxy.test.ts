@@ -376,7 +376,7 @@ t.test('requests waiting on a peer taken out are rescued at once if they may be 
   const base = await listening(app)
   const dispatcher = clientFor(t)
   const [peer, livePeer] = app.upstreams.get('b').peers
-  const takeOuts = { unhealthy: () => peer.setHealth('unhealthy'), stopping: () => peer.setProcess('stopping'), 'passive failure': () => peer.recordFailure('by the test') }
+  const takeOuts = { unhealthy: () => peer.setHealth('unhealthy'), down: () => peer.setProcess('down'), 'passive failure': () => peer.recordFailure('by the test') }
   for (const [name, takeOut] of Object.entries(takeOuts)) {
     // Everything to the hung peer first: the live one in maintenance meanwhile.
     livePeer.setAdmin('maint')
@@ -398,6 +398,52 @@ t.test('requests waiting on a peer taken out are rescued at once if they may be 
     peer.clearPassive('test')
   }
   t.same(seen.map(s => s.method), Array(12).fill('GET'), 'each GET reached the live peer once; no POST did')
+})
+
+t.test('a request still queued for a connection to a peer taken out is rescued too, whatever its method', async t => {
+  const hung = await silentServer(t)
+  const seen: Parameters<typeof recording>[0] = []
+  const live = await backendFor(t, recording(seen), 1)
+  // One connection per peer: the second request waits in undici's queue, never written.
+  const app = await gateway({ b: { servers: [`127.0.0.1:${hung.port}`, live.address] } }, { connections: 1, headersTimeout: 60_000 })
+  t.teardown(() => app.close())
+  const base = await listening(app)
+  const dispatcher = clientFor(t)
+  const [peer, livePeer] = app.upstreams.get('b').peers
+  livePeer.setAdmin('maint')
+  const get = request(base, { dispatcher })
+  t.ok(await until(() => hung.connections === 1), 'the GET is written to the hung peer')
+  const post = request(base, { dispatcher, method: 'POST', body: 'queued' })
+  t.ok(await until(() => peer.inflight === 2), 'the POST waits behind it')
+  livePeer.setAdmin('ready')
+  peer.setHealth('unhealthy')
+  const [got, posted] = await Promise.all([get, post])
+  t.same([got.statusCode, posted.statusCode], [200, 200], 'both answered by the live peer')
+  await Promise.all([got.body.dump(), posted.body.dump()])
+  t.same(seen.map(s => [s.method, s.body]).sort(), [['GET', ''], ['POST', 'queued']], 'the POST had never been sent: it went on, once')
+  t.equal(peer.inflight, 0)
+})
+
+t.test('a peer being stopped drains: its requests finish, or go on uncharged when the stop drops them', async t => {
+  const held: Array<{ req: http.IncomingMessage, res: http.ServerResponse }> = []
+  const stopping = await backendFor(t, (req, res) => { held.push({ req, res }) }, 0)
+  const live = await backendFor(t, whoAmI, 1)
+  const app = await gateway({ b: { servers: [stopping.address, live.address] } })
+  t.teardown(() => app.close())
+  const [peer] = app.upstreams.get('b').peers
+  // Round-robin: the first and the third to the peer about to stop.
+  const [first, second, third] = [app.inject('/'), app.inject('/'), app.inject('/')]
+  t.ok(await until(() => held.length === 2), 'two GETs at the peer about to stop')
+  t.equal((await second).headers['x-backend'], '1')
+  peer.setProcess('stopping', 'stop requested')
+  await sleep(100)
+  t.equal(peer.inflight, 2, 'a stop drains: nothing is taken from it')
+  whoAmI(held[0].req, held[0].res, stopping)
+  t.equal((await first).headers['x-backend'], '0', 'the first finishes there')
+  held[1].req.socket.destroy()
+  t.equal((await third).headers['x-backend'], '1', 'the one its stop dropped goes to the next peer')
+  t.same(passive(app), [['ok', 0], ['ok', 0]], 'a peer stopped on purpose is not charged')
+  t.equal(live.hits, 2)
 })
 
 t.test('a hung backend process (SIGSTOP) stalls only the requests on it, until the checks take it out', async t => {
