@@ -11,14 +11,15 @@ export interface FaultLoadResult {
   failedPosts: number
   /** Epoch ms a request started, how long it took, and whether it was a POST, for every request. */
   timings: Array<[start: number, ms: number, post: boolean]>
-  /** Ids of the POSTs answered 200. */
+  /** Ids of the POSTs answered 200, and of those that were not. */
   answeredPosts: string[]
+  failedPostIds: string[]
 }
 
 async function load (job: FaultLoadJob): Promise<FaultLoadResult> {
   // A client that waits as long as it takes: the stall is what is measured.
   const dispatcher = new Agent({ headersTimeout: 120_000, bodyTimeout: 120_000 })
-  const result: FaultLoadResult = { gets: 0, posts: 0, failedGets: 0, failedPosts: 0, timings: [], answeredPosts: [] }
+  const result: FaultLoadResult = { gets: 0, posts: 0, failedGets: 0, failedPosts: 0, timings: [], answeredPosts: [], failedPostIds: [] }
   const end = Date.now() + job.ms
   let sent = 0
   async function loop (client: number): Promise<void> {
@@ -38,8 +39,12 @@ async function load (job: FaultLoadJob): Promise<FaultLoadResult> {
       result.timings.push([started, Date.now() - started, post])
       if (post) {
         result.posts++
-        if (ok) result.answeredPosts.push(id)
-        else result.failedPosts++
+        if (ok) {
+          result.answeredPosts.push(id)
+        } else {
+          result.failedPosts++
+          result.failedPostIds.push(id)
+        }
       } else {
         result.gets++
         if (!ok) result.failedGets++

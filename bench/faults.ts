@@ -19,6 +19,8 @@ interface Outcome {
   result: FaultLoadResult
   /** POST ids processed by more than one backend, or twice by one. */
   duplicates: number
+  /** Failed POSTs that the faulty backend had processed (read in full) before it died or hung. */
+  failedButProcessed: number
   /** The longest time a GET (a POST) took among those in flight at the fault or started after it. */
   longestGet: number
   longestPost: number
@@ -46,9 +48,11 @@ async function faultRun (signal: 'SIGKILL' | 'SIGSTOP'): Promise<Outcome> {
     const seen = new Map<string, number>()
     for (const backend of backends) for (const id of backend.posts) seen.set(id, (seen.get(id) ?? 0) + 1)
     const duplicates = [...seen.values()].filter(count => count > 1).length
+    const processedByFaulty = new Set(backends[1].posts)
+    const failedButProcessed = result.failedPostIds.filter(id => processedByFaulty.has(id)).length
     const after = result.timings.filter(([start, ms]) => start + ms >= faultAt)
     const longest = (post: boolean): number => Math.max(0, ...after.filter(timing => timing[2] === post).map(([, ms]) => ms))
-    return { result, duplicates, longestGet: longest(false), longestPost: longest(true) }
+    return { result, duplicates, failedButProcessed, longestGet: longest(false), longestPost: longest(true) }
   } finally {
     await app.close()
     await Promise.all(backends.map(async backend => await backend.stop()))
@@ -65,18 +69,19 @@ async function faultRun (signal: 'SIGKILL' | 'SIGSTOP'): Promise<Outcome> {
 export async function run (): Promise<void> {
   const killed = await faultRun('SIGKILL')
   const stopped = await faultRun('SIGSTOP')
-  const line = (name: string, value: string, goal: string): string => name.padEnd(44) + value.padStart(12) + `   goal ${goal}`
+  const line = (name: string, value: string, goal: string, label = 'goal'): string => name.padEnd(48) + value.padStart(10) + `   ${label} ${goal}`
   console.log(`\nFaults: ${CLIENTS} clients for ${RUN_MS / 1000} s, round-robin over ${BACKENDS} backend processes, checks every ${CHECK.interval} ms`)
   const k = killed.result
   console.log(`SIGKILL of one backend (${k.gets} GETs, ${k.posts} POSTs)`)
   console.log(line('  failed GETs', String(k.failedGets), '0'))
-  console.log(line('  failed POSTs', String(k.failedPosts), '0 (a POST the peer had when it died cannot be sent again)'))
+  console.log(line('  failed POSTs', String(k.failedPosts), '0; those the peer had when it died cannot be sent again'))
+  console.log(line('    of them, processed by the killed backend', String(killed.failedButProcessed), 'sent again, these would have run twice', 'note:'))
   console.log(line('  POSTs processed twice', String(killed.duplicates), '0'))
   const s = stopped.result
   console.log(`SIGSTOP of one backend (${s.gets} GETs, ${s.posts} POSTs)`)
   console.log(line('  longest GET stall', `${stopped.longestGet} ms`, `<= ${DETECTION_MS + 1000} ms (detection ${DETECTION_MS} ms + 1 s)`))
-  console.log(line('  longest POST stall', `${stopped.longestPost} ms`, `the POSTs on the hung peer: headersTimeout (${HEADERS_TIMEOUT} ms)`))
+  console.log(line('  longest POST stall', `${stopped.longestPost} ms`, `a POST the hung peer has waits for headersTimeout (${HEADERS_TIMEOUT} ms)`, 'note:'))
   console.log(line('  failed GETs', String(s.failedGets), '0'))
-  console.log(line('  failed POSTs (504 after headersTimeout)', String(s.failedPosts), 'those the hung peer had'))
+  console.log(line('  failed POSTs (504 after headersTimeout)', String(s.failedPosts), 'the POSTs the hung peer had', 'note:'))
   console.log(line('  POSTs processed twice', String(stopped.duplicates), '0'))
 }
