@@ -56,8 +56,22 @@ export const HoldOverflowError = createError(
   'FST_SUPERVISORD_HOLD_OVERFLOW', 'Too many requests held for upstream "%s" (maxHeld %d)', 503)
 export const HoldTimeoutError = createError(
   'FST_SUPERVISORD_HOLD_TIMEOUT', 'No peer of upstream "%s" became routable within %d ms', 503)
+/** Every peer that could be started failed its start: the reasons are in the log, not in the answer. */
 export const StartFailedError = createError(
-  'FST_SUPERVISORD_START_FAILED', 'Could not start a peer of upstream "%s": %s', 502)
+  'FST_SUPERVISORD_START_FAILED', 'Could not start a peer of upstream "%s"', 502)
+const StartBackoffBase = createError(
+  'FST_SUPERVISORD_START_BACKOFF', 'No peer of upstream "%s" can be started before its start back-off ends (next try in %d s)', 503)
+
+/** No peer is routable and every one that could be started is in start back-off: answered at once, with Retry-After. */
+export class StartBackoffError extends StartBackoffBase {
+  /** Seconds until the next start may be tried (the Retry-After value). */
+  readonly retryAfter: number
+
+  constructor (upstream: string, retryAfter: number) {
+    super(upstream, retryAfter)
+    this.retryAfter = retryAfter
+  }
+}
 
 /** The base of every supervisord failure: a call that failed, or a command that did. */
 export const SupervisordFailure = createError(
@@ -107,3 +121,9 @@ export const StoreUnavailableError = createError(
 /** A store method called with a bad argument (a programming mistake, thrown at the call). */
 export const StoreArgumentError = createError(
   'FST_SUPERVISORD_STORE_ARGUMENT', 'fastify-supervisord: store: %s', 500, TypeError)
+/** A method an operator route does not take (answered with Allow). */
+export const MethodNotAllowedError = createError(
+  'FST_SUPERVISORD_METHOD_NOT_ALLOWED', 'Method %s is not allowed here (allowed: %s)', 405)
+/** A path under the operator routes' prefix that is no route: answered there, never proxied. */
+export const RouteNotFoundError = createError(
+  'FST_SUPERVISORD_ROUTE_NOT_FOUND', 'No operator route %s %s', 404)

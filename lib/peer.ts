@@ -2,6 +2,20 @@ export type ProcessState = 'down' | 'starting' | 'up' | 'stopping'
 export type AdminState = 'ready' | 'drain' | 'maint'
 export type HealthState = 'unknown' | 'healthy' | 'unhealthy'
 export type PassiveState = 'ok' | 'failed'
+/** An operator's start (`up`) or stop (`down`) that the scaler leaves alone until it is released. */
+export type PinState = 'none' | 'up' | 'down'
+
+/** Why and until when no start of a peer is tried again (set by the supervisord bridge). */
+export interface StartBackoff {
+  /** Failed starts in a row: the delay doubles with each. */
+  step: number
+  /** Epoch ms before which no start is tried. */
+  until: number
+  /** What the last failed start said. */
+  reason: string
+  /** `supervisord`: the daemon failed (credentials, unreachable, hanging), so every program behind it backs off; `program`: this program did. */
+  cause: 'supervisord' | 'program'
+}
 
 export const ADMIN_STATES: readonly AdminState[] = ['ready', 'drain', 'maint']
 
@@ -18,7 +32,8 @@ export interface CheckResult {
 export interface PeerChange {
   upstream: string
   index: number
-  field: 'process' | 'admin' | 'health' | 'passive' | 'weight'
+  /** `backoff` goes from one step to the next (0: none); `pin` from one PinState to another. */
+  field: 'process' | 'admin' | 'health' | 'passive' | 'weight' | 'backoff' | 'pin'
   from: string | number
   to: string | number
   reason?: string
@@ -72,6 +87,10 @@ export class Peer {
   #lastFailure = 0
   #passiveTimer: NodeJS.Timeout | undefined
   #program: string | null = null
+  #pin: PinState = 'none'
+  #backoff: StartBackoff | null = null
+  /** Waiting for in-flight to reach 0 (a drain). */
+  #idleWaiters: Array<() => void> = []
 
   #inflight = 0
   #requests = 0
@@ -123,6 +142,15 @@ export class Peer {
   /** Most recent active checks, oldest first, bounded by the health checker. */
   get checks (): readonly CheckResult[] { return this.#checks }
   get lastCheck (): CheckResult | null { return this.#checks.at(-1) ?? null }
+  /** An operator's start or stop the scaler must leave alone (`none`: not pinned). */
+  get pin (): PinState { return this.#pin }
+  /** The start back-off, while a failed start keeps new ones away (null: none). */
+  get backoff (): Readonly<StartBackoff> | null { return this.#backoff }
+
+  /** A start may be tried now: no back-off, or it has run out. */
+  startAllowed (now = Date.now()): boolean {
+    return this.#backoff === null || this.#backoff.until <= now
+  }
 
   /** Its process runs or is being started: what scaling and `any` count as running. */
   get running (): boolean {
@@ -174,6 +202,22 @@ export class Peer {
     this.#changed('weight', from, weight)
   }
 
+  /** The supervisord bridge puts the peer in start back-off, or out of it (null). */
+  setBackoff (backoff: StartBackoff | null): void {
+    const from = this.#backoff
+    if (from === backoff || (from !== null && backoff !== null && from.step === backoff.step && from.until === backoff.until)) return
+    this.#backoff = backoff === null ? null : { ...backoff }
+    this.#changed('backoff', from?.step ?? 0, backoff?.step ?? 0, backoff?.reason ?? 'start back-off over')
+  }
+
+  /** An operator pinned the peer (`up` after a start, `down` after a stop), or released it (`none`). */
+  setPin (pin: PinState, reason?: string): void {
+    const from = this.#pin
+    if (from === pin) return
+    this.#pin = pin
+    this.#changed('pin', from, pin, reason)
+  }
+
   /** The supervisord bridge read the process id (null: not running). */
   setPid (pid: number | null): void {
     this.#pid = pid
@@ -213,6 +257,31 @@ export class Peer {
   release (): void {
     this.#inflight--
     this.#owner.inflightChanged(this)
+    if (this.#inflight === 0 && this.#idleWaiters.length > 0) {
+      const waiters = this.#idleWaiters
+      this.#idleWaiters = []
+      for (const resolve of waiters) resolve()
+    }
+  }
+
+  /**
+   * Resolves once no request is in flight (at once if none is), or when
+   * `signal` aborts: a drain waits on this, not on a timer.
+   */
+  async whenIdle (signal?: AbortSignal): Promise<void> {
+    if (this.#inflight <= 0 || signal?.aborted === true) return
+    await new Promise<void>(resolve => {
+      const done = (): void => {
+        signal?.removeEventListener('abort', onAbort)
+        resolve()
+      }
+      const onAbort = (): void => {
+        this.#idleWaiters = this.#idleWaiters.filter(waiter => waiter !== done)
+        resolve()
+      }
+      this.#idleWaiters.push(done)
+      signal?.addEventListener('abort', onAbort, { once: true })
+    })
   }
 
   /**

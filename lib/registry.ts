@@ -5,6 +5,16 @@ import { MAX_WEIGHT, Upstream, type UpstreamOptions } from './upstream.js'
 import { numberOption, optionError, showValue } from './options.js'
 import { BadAdminStateError, UnknownUpstreamError } from './errors.js'
 
+/** Where a registry reports a listener that threw (a Fastify logger fits). */
+export interface RegistryLog {
+  error (details: object, message: string): void
+}
+
+/** Without a logger (the registry used on its own), a listener that threw is a process warning. */
+const WARNING_LOG: RegistryLog = {
+  error: (details, message) => process.emitWarning(`${message}: ${String((details as { err?: unknown }).err)}`, 'FastifySupervisordWarning')
+}
+
 export interface RegistryOptions {
   /** By name, or as a list of `{ name, ...options }` (as a config file may hold them). */
   upstreams: Record<string, UpstreamOptions> | Array<UpstreamOptions & { name: string }>
@@ -21,9 +31,11 @@ const REGISTRY_SECTIONS = ['servers', 'balancer', 'hashKey', 'hashConsistent'] a
 export class Registry extends EventEmitter<RegistryEvents> {
   readonly upstreams: ReadonlyMap<string, Upstream>
   readonly #claimed = new Set<string>(REGISTRY_SECTIONS)
+  readonly #log: RegistryLog
 
-  constructor (options: RegistryOptions) {
+  constructor (options: RegistryOptions, log: RegistryLog = WARNING_LOG) {
     super()
+    this.#log = log
     this.setMaxListeners(0)
     if (typeof options?.upstreams !== 'object' || options.upstreams === null || Object.keys(options.upstreams).length === 0) {
       throw optionError('registry', 'option "upstreams" must name at least one upstream: { upstreams: { backend: { servers: [...] } } }')
@@ -34,6 +46,24 @@ export class Registry extends EventEmitter<RegistryEvents> {
       upstreams.set(name, new Upstream(this, name, upstream))
     }
     this.upstreams = upstreams
+  }
+
+  /**
+   * Every listener hears every event, in order. A listener that throws is
+   * logged (with the event) and skipped: the change it was told of still
+   * stands, the listeners after it are still told, and the code that made
+   * the change never sees the error.
+   */
+  override emit<E extends keyof RegistryEvents> (event: E, ...args: RegistryEvents[E]): boolean {
+    const listeners = this.rawListeners(event) as Array<(...a: RegistryEvents[E]) => void>
+    for (const listener of listeners) {
+      try {
+        listener.apply(this, args)
+      } catch (error) {
+        this.#log.error({ err: error, event, details: args[0] }, `fastify-supervisord: a registry "${event}" listener threw`)
+      }
+    }
+    return listeners.length > 0
   }
 
   /** The upstream called `name`, or an error naming the ones there are. */

@@ -4,7 +4,7 @@ import type { Balancer, BalancedUpstream, RoutableTiers } from '../balancers/bal
 import { BALANCER_NAMES, createBalancer, isBalancer, type BalancerName } from '../balancers/index.js'
 import type { HashKey } from '../balancers/hash.js'
 import type { RegistryEvents } from './events.js'
-import { Peer, type PeerChange, type PeerOwner } from './peer.js'
+import { Peer, type PeerChange, type PeerOwner, type StartBackoff } from './peer.js'
 import { PeerOutOfRangeError } from './errors.js'
 import { optionKeys, booleanOption, durationOption, numberOption, optionError, rejectUnknownOptions, showValue, splitHostPort } from './options.js'
 
@@ -38,6 +38,36 @@ export interface UpstreamOptions {
   hashConsistent?: boolean
 }
 
+/**
+ * What a request that finds no routable peer can hope for, best first:
+ * `starting` a peer is being started; `startable` one can be (`peer`);
+ * `recovering` a peer runs but is out for its health or a passive failure,
+ * and may come back by itself; `backoff` every peer that could be started
+ * failed its last start and waits until `retryAt`; `none` nothing can be
+ * started (every peer down is drained or in maint).
+ */
+export type StartOutlook =
+  | { state: 'routable' }
+  | { state: 'starting' }
+  | { state: 'startable', peer: Peer }
+  | { state: 'recovering' }
+  | { state: 'backoff', retryAt: number }
+  | { state: 'none' }
+
+export interface CandidateOptions {
+  /** Leave pinned peers alone (what the scaler does; demand starts and operators do not). */
+  skipPinned?: boolean
+  /** Epoch ms the start back-off is held against (default now). */
+  now?: number
+}
+
+export interface StopCandidateOptions {
+  /** Leave pinned peers alone (what the scaler does). */
+  skipPinned?: boolean
+  /** Running peers (up or starting) that must remain (default 1: never the last one). */
+  keep?: number
+}
+
 const SERVER_KEYS = optionKeys<ServerOptions>()('address', 'weight', 'backup', 'down', 'maxFails', 'failTimeout')
 export const MAX_WEIGHT = 1000
 
@@ -53,6 +83,9 @@ export class Upstream implements PeerOwner, BalancedUpstream {
   readonly #registry: EventEmitter<RegistryEvents>
   #tiers: RoutableTiers = { primary: [], backup: [] }
   #tiersVersion = -1
+  /** Primaries by index, then backups by index: the order peers are started in. */
+  readonly #startOrder: readonly Peer[]
+  #refused = 0
 
   constructor (registry: EventEmitter<RegistryEvents>, name: string, options: UpstreamOptions) {
     const where = `upstream "${name}"`
@@ -64,6 +97,7 @@ export class Upstream implements PeerOwner, BalancedUpstream {
     }
     this.peers = options.servers.map((server, index) => new Peer(this, serverConfig(server, index, `${where} server ${index}`)))
     this.balancer = balancerOf(options, where)
+    this.#startOrder = [...this.peers.filter(peer => !peer.backup), ...this.peers.filter(peer => peer.backup)]
   }
 
   /** Bumped on every announced peer change: a balancer may cache until it moves. */
@@ -134,6 +168,71 @@ export class Upstream implements PeerOwner, BalancedUpstream {
   /** Asks whoever can start peers (the supervisord bridge) for one. */
   demand (): void {
     this.#registry.emit('demand', { upstream: this.name, at: Date.now() })
+  }
+
+  /**
+   * The one rule for which peer to start (demand, `any`, the scaler): the
+   * first, primaries before backups and by index, whose process is down,
+   * whose admin state is `ready` (a drained or maint peer could never take
+   * the request) and that is not in start back-off.
+   */
+  startCandidate (options: CandidateOptions = {}): Peer | undefined {
+    const now = options.now ?? Date.now()
+    return this.#startOrder.find(peer => peer.process === 'down' && peer.admin === 'ready' && peer.startAllowed(now) &&
+      !(options.skipPinned === true && peer.pin !== 'none'))
+  }
+
+  /**
+   * The one rule for which peer to stop (`any`, the scaler): the last in start
+   * order whose process is up, as long as more than `keep` peers run (up or
+   * starting); never the last one running unless `keep` is 0.
+   */
+  stopCandidate (options: StopCandidateOptions = {}): Peer | undefined {
+    const keep = options.keep ?? 1
+    let running = 0
+    for (const peer of this.peers) if (peer.running) running++
+    if (running <= keep) return undefined
+    for (let i = this.#startOrder.length - 1; i >= 0; i--) {
+      const peer = this.#startOrder[i]
+      if (peer.process === 'up' && !(options.skipPinned === true && peer.pin !== 'none')) return peer
+    }
+    return undefined
+  }
+
+  /** What a request that finds no routable peer can hope for (see StartOutlook). */
+  startOutlook (now = Date.now()): StartOutlook {
+    if (this.routable) return { state: 'routable' }
+    let candidate: Peer | undefined
+    let starting = false
+    let recovering = false
+    let retryAt = Infinity
+    for (const peer of this.#startOrder) {
+      if (peer.admin !== 'ready') continue
+      switch (peer.process) {
+        case 'starting': starting = true; break
+        case 'up': case 'stopping': recovering = true; break
+        case 'down':
+          if (peer.startAllowed(now)) candidate ??= peer
+          else retryAt = Math.min(retryAt, (peer.backoff as StartBackoff).until)
+      }
+    }
+    if (starting) return { state: 'starting' }
+    if (candidate !== undefined) return { state: 'startable', peer: candidate }
+    if (recovering) return { state: 'recovering' }
+    if (retryAt !== Infinity) return { state: 'backoff', retryAt }
+    return { state: 'none' }
+  }
+
+  /** Requests answered at once (or failed) because every startable peer was in back-off: counted for the next log line. */
+  countRefused (requests = 1): void {
+    this.#refused += requests
+  }
+
+  /** The requests refused since the last call (the supervisord bridge logs them once per back-off step). */
+  takeRefused (): number {
+    const refused = this.#refused
+    this.#refused = 0
+    return refused
   }
 }
 

@@ -19,7 +19,7 @@ declare module 'fastify' {
 }
 
 async function registryPlugin (fastify: FastifyInstance, options: RegistryOptions): Promise<void> {
-  const registry = new Registry(options)
+  const registry = new Registry(options, fastify.log)
   fastify.decorate('upstreams', registry)
   // Here, not in the proxy's own context, so that every request has it.
   fastify.decorateRequest('upstreamPeer', null)
