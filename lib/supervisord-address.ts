@@ -1,4 +1,4 @@
-import { optionError, showValue, splitHostPort, stringOption } from './options.js'
+import { optionError, optionKeys, rejectUnknownOptions, showValue, splitHostPort, stringOption } from './options.js'
 
 /** Where an upstream's supervisord listens: `host:port`, `unix:/path/to.sock` or `none`. */
 export interface SupervisordOptions {
@@ -13,10 +13,30 @@ export type SupervisordTarget =
   | { kind: 'tcp', host: string, port: number, username?: string, password?: string }
   | { kind: 'unix', path: string, username?: string, password?: string }
 
+const OBJECT_KEYS = optionKeys<SupervisordOptions>()('address', 'username', 'password')
+
+/**
+ * An address as given, for an error message, with whatever may be a password
+ * masked: a `user:pass@` part, any `:part` that is not a port number (the
+ * password of `admin:secret` given where the address goes), words after the
+ * address, a value that is not a string.
+ */
+function shownAddress (address: unknown): string {
+  if (typeof address !== 'string') return address === null ? 'null' : Array.isArray(address) ? 'an array' : `a ${typeof address}`
+  let first = address.trim().split(/\s+/)[0] ?? ''
+  const at = first.lastIndexOf('@')
+  if (at !== -1) first = `***@${first.slice(at + 1)}`
+  if (first.startsWith('unix:')) return showValue(/[:@]/.test(first.slice(5)) ? 'unix:***' : first)
+  const v6 = /^\[[0-9a-fA-F:.]*\]/.exec(first)?.[0] ?? ''
+  const [host, ...rest] = first.slice(v6.length).split(':')
+  return showValue([v6 + host, ...rest.map(part => /^\d*$/.test(part) ? part : '***')].join(':'))
+}
+
 /**
  * Parses an upstream's `supervisord` option: `'none'`, `'host:port'`,
  * `'unix:/path/to.sock'`, optionally with credentials as nginx wrote them
  * (`'127.0.0.1:9001 admin:super'`), or `{ address, username, password }`.
+ * No error it throws shows the password, whatever the option's shape.
  */
 export function parseSupervisord (option: string | SupervisordOptions, where: string): SupervisordTarget {
   let address: string
@@ -24,7 +44,7 @@ export function parseSupervisord (option: string | SupervisordOptions, where: st
   let password: string | undefined
   if (typeof option === 'string') {
     const [addr, credentials, ...rest] = option.trim().split(/\s+/)
-    if (rest.length > 0) throw optionError(where, `option "supervisord" must be "address [user:pass]", got ${showValue(option)}`)
+    if (rest.length > 0) throw optionError(where, `option "supervisord" must be "address [user:pass]" (address ${shownAddress(addr)}, then ${rest.length + 1} more words)`)
     address = addr
     if (credentials !== undefined) {
       const colon = credentials.indexOf(':')
@@ -32,13 +52,17 @@ export function parseSupervisord (option: string | SupervisordOptions, where: st
       username = credentials.slice(0, colon)
       password = credentials.slice(colon + 1)
     }
-  } else if (typeof option === 'object' && option !== null && typeof option.address === 'string') {
-    ({ address, username, password } = option)
+  } else if (typeof option === 'object' && option !== null && !Array.isArray(option) && typeof option.address === 'string') {
+    rejectUnknownOptions(option, OBJECT_KEYS, where, 'supervisord')
+    ;({ address, username, password } = option)
     if ((username === undefined) !== (password === undefined) || (username !== undefined && (typeof username !== 'string' || typeof password !== 'string'))) {
       throw optionError(where, 'option "supervisord" needs both "username" and "password" strings, or neither')
     }
   } else {
-    throw optionError(where, `option "supervisord" must be "none", "host:port", "unix:/path" or { address, username, password }, got ${showValue(option)}`)
+    const given = typeof option === 'object' && option !== null && !Array.isArray(option)
+      ? `an object whose "address" is ${shownAddress((option as { address?: unknown }).address)}`
+      : shownAddress(option)
+    throw optionError(where, `option "supervisord" must be "none", "host:port", "unix:/path" or { address, username, password }, got ${given}`)
   }
   if (address === 'none') {
     if (username !== undefined) throw optionError(where, 'option "supervisord" is "none": credentials make no sense there')
@@ -46,12 +70,12 @@ export function parseSupervisord (option: string | SupervisordOptions, where: st
   }
   if (address.startsWith('unix:')) {
     const path = address.slice(5)
-    if (!path.startsWith('/')) throw optionError(where, `option "supervisord" unix socket path must be absolute, got ${showValue(address)}`)
+    if (!path.startsWith('/')) throw optionError(where, `option "supervisord" unix socket path must be absolute, got ${shownAddress(address)}`)
     return { kind: 'unix', path, username, password }
   }
   const parts = splitHostPort(address)
   if (parts === undefined) {
-    throw optionError(where, `option "supervisord" must be "none", "host:port" or "unix:/path", got ${showValue(address)}`)
+    throw optionError(where, `option "supervisord" must be "none", "host:port" or "unix:/path", got ${shownAddress(address)}`)
   }
   return { kind: 'tcp', ...parts, username, password }
 }
