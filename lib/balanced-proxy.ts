@@ -6,7 +6,7 @@ import type { Peer } from './peer.js'
 import type { Registry } from './registry.js'
 import type { Upstream } from './upstream.js'
 import type { ProxySettings } from './proxy-options.js'
-import { HoldQueue } from './hold-queue.js'
+import { HoldQueue, sendHoldFailure } from './hold-queue.js'
 import { BadRequestError, ClientGoneError, NoPeerError } from './errors.js'
 import { Exchange } from './proxy-attempt.js'
 import { ProxyDispatcher } from './proxy-dispatcher.js'
@@ -93,10 +93,14 @@ export class BalancedProxy {
     this.#hold.wait(request).then(held => {
       exchange.assign(held)
       done()
-    }, (error: Error & { statusCode?: number }) => {
-      if (error.statusCode === 503) reply.header('retry-after', this.#config.retryAfter)
-      done(forClient(error, this.#upstream.name, this.#config.exposeErrors))
-    })
+    }, (error: Error) => this.#holdFailed(reply, error))
+  }
+
+  /** A hold refused or failed: answered by the hold queue's rule (logged once by the bridge, not per request). */
+  #holdFailed (reply: FastifyReply, error: Error & { retryAfter?: number }): void {
+    const safe = forClient(error, this.#upstream.name, this.#config.exposeErrors) as Error & { retryAfter?: number }
+    safe.retryAfter ??= error.retryAfter
+    sendHoldFailure(reply, safe, this.#config.retryAfter)
   }
 
   /** The route handler: reply-from adds the request's query string to `dest` itself. */

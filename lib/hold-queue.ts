@@ -1,9 +1,9 @@
-import type { FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { Peer, PeerChange } from './peer.js'
 import type { CommandEvent } from './events.js'
 import type { Registry } from './registry.js'
 import type { Upstream } from './upstream.js'
-import { HoldOverflowError, HoldTimeoutError, StartFailedError } from './errors.js'
+import { HoldOverflowError, HoldTimeoutError, NoPeerError, StartBackoffError, StartFailedError } from './errors.js'
 
 interface Held {
   request: FastifyRequest
@@ -18,10 +18,17 @@ export interface HoldOptions {
 }
 
 /**
- * Requests waiting for a cold start. The first one held asks the registry for
- * a peer (`demand`, once); all are released in arrival order the moment a
- * peer becomes routable, each with its own pick. Bounded in length and time;
- * a failed start fails them all with the reason.
+ * Requests waiting for a cold start. A request is held only while a peer can
+ * still become routable (one is starting, can be started, or runs and may
+ * recover); otherwise it is refused at once: 503 with Retry-After when every
+ * startable peer is in start back-off, 503 when none can be started at all.
+ *
+ * The first request held asks the registry for a peer (`demand`); after
+ * each change while requests are held, the upstream's start outlook decides:
+ * release them (a peer is routable, each gets its own pick, in arrival
+ * order), ask again (the last start failed and another peer can be started:
+ * the requests stay held), keep waiting, or fail them (every candidate
+ * failed: 502; nothing left to start: 503). Bounded in length and in time.
  */
 export class HoldQueue {
   readonly #upstream: Upstream
@@ -39,19 +46,30 @@ export class HoldQueue {
 
   get size (): number { return this.#held.length }
 
-  /** Waits for a routable peer for this request; the peer is picked (not yet acquired) when it resolves. */
+  /**
+   * Waits for a routable peer for this request; the peer is picked and
+   * acquired when it resolves. Rejects at once when no peer can become
+   * routable (see the class).
+   */
   async wait (request: FastifyRequest): Promise<Peer> {
+    const outlook = this.#upstream.startOutlook()
+    if (outlook.state === 'backoff') {
+      this.#upstream.countRefused()
+      throw new StartBackoffError(this.#upstream.name, Math.max(1, Math.ceil((outlook.retryAt - Date.now()) / 1000)))
+    }
+    if (outlook.state === 'none') throw new NoPeerError(this.#upstream.name)
     if (this.#held.length >= this.#options.maxHeld) {
       throw new HoldOverflowError(this.#upstream.name, this.#options.maxHeld)
     }
     return await new Promise<Peer>((resolve, reject) => {
       const first = this.#held.length === 0
       this.#held.push({ request, deadline: Date.now() + this.#options.holdTimeout, resolve, reject })
-      if (first) {
-        this.#listen()
-        this.#schedule()
-        this.#upstream.demand()
-      }
+      if (!first) return
+      this.#listen()
+      this.#schedule()
+      // Also when a peer runs but is out: whoever starts peers may find it dead.
+      this.#upstream.demand()
+      if (this.#upstream.routable) this.#settle()
     })
   }
 
@@ -69,7 +87,33 @@ export class HoldQueue {
   }
 
   readonly #onChange = (change: PeerChange): void => {
-    if (change.upstream !== this.#upstream.name || !this.#upstream.routable) return
+    if (change.upstream === this.#upstream.name) this.#settle()
+  }
+
+  readonly #onCommand = (event: CommandEvent): void => {
+    if (event.upstream === this.#upstream.name && event.command === 'start') this.#settle()
+  }
+
+  #settle (): void {
+    if (this.#upstream.routable) this.#release()
+    if (this.#held.length === 0) return this.#idle()
+    const outlook = this.#upstream.startOutlook()
+    switch (outlook.state) {
+      case 'startable':
+        // The last start failed and another candidate is left: the requests stay held.
+        this.#upstream.demand()
+        break
+      case 'backoff':
+        this.#upstream.countRefused(this.#held.length)
+        this.#failAll(new StartFailedError(this.#upstream.name))
+        break
+      case 'none':
+        this.#failAll(new NoPeerError(this.#upstream.name))
+        break
+    }
+  }
+
+  #release (): void {
     let next: Held | undefined
     while ((next = this.#held[0]) !== undefined) {
       const peer = this.#upstream.pick(next.request)
@@ -80,13 +124,6 @@ export class HoldQueue {
       peer.acquire()
       next.resolve(peer)
     }
-    if (this.#held.length === 0) this.#idle()
-  }
-
-  readonly #onCommand = (event: CommandEvent): void => {
-    if (event.upstream !== this.#upstream.name || event.command !== 'start' || event.ok) return
-    if (this.#upstream.routable) return
-    this.#failAll(new StartFailedError(this.#upstream.name, event.reason ?? event.fault ?? 'start failed'))
   }
 
   #failAll (error: Error): void {
@@ -128,4 +165,17 @@ export class HoldQueue {
     this.#registry.off('change', this.#onChange)
     this.#registry.off('command', this.#onCommand)
   }
+}
+
+/**
+ * Answers a request the hold queue refused or failed. These outcomes are
+ * logged once per start (or back-off step) by whoever starts peers, so the
+ * answer is sent as it is, in Fastify's error shape, not through the error
+ * handler that would log every one of them at error level. 503s carry
+ * Retry-After: the start back-off's own when there is one.
+ */
+export function sendHoldFailure (reply: FastifyReply, error: Error & { statusCode?: number, code?: string, retryAfter?: number }, retryAfter: string): void {
+  const statusCode = error.statusCode ?? 500
+  if (statusCode === 503) reply.header('retry-after', error.retryAfter === undefined ? retryAfter : String(error.retryAfter))
+  reply.code(statusCode).send({ statusCode, code: error.code, error: statusCode === 502 ? 'Bad Gateway' : 'Service Unavailable', message: error.message })
 }

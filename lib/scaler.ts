@@ -119,9 +119,9 @@ class UpstreamScaler {
       // capacity but cannot serve yet): keep what runs.
     } else if (requests === 0 && !up.some(peer => peer.inflight > 0)) {
       // idle: nothing started in the window and nothing still in flight (a slow request is not idleness)
-      if (idleStop) this.#stop(load, up, 'idle')
+      if (idleStop) this.#stop(load, up, 'idle', minRunning)
     } else if (load < LOW_LOAD * loadThreshold && up.length > 1) {
-      this.#stop(load, up, 'low load')
+      this.#stop(load, up, 'low load', Math.max(minRunning, 1))
     }
   }
 
@@ -145,14 +145,16 @@ class UpstreamScaler {
     this.#panicTimer = setTimeout(() => this.#onSample(), panicWindow / PANIC_SAMPLES).unref()
   }
 
+  /** The upstream's start rule, leaving pinned peers to the operator. */
   #start (load: number, runningCount: number, reason: ScaleEvent['reason']): void {
     // A peer already asked for is no longer down (the bridge sets it starting at once).
-    const peer = this.#upstream.peers.find(p => p.process === 'down' && p.admin !== 'maint')
+    const peer = this.#upstream.startCandidate({ skipPinned: true })
     if (peer !== undefined) this.#emit('start', peer, load, runningCount, reason)
   }
 
-  #stop (load: number, up: Peer[], reason: ScaleEvent['reason']): void {
-    const peer = up.filter(p => p.process === 'up').pop()
+  /** The upstream's stop rule, leaving pinned peers to the operator and at least `keep` running. */
+  #stop (load: number, up: Peer[], reason: ScaleEvent['reason'], keep: number): void {
+    const peer = this.#upstream.stopCandidate({ skipPinned: true, keep })
     if (peer !== undefined) this.#emit('stop', peer, load, up.length, reason)
   }
 

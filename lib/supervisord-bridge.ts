@@ -4,9 +4,11 @@ import type { DemandEvent, ScaleEvent } from './events.js'
 import type { Registry } from './registry.js'
 import type { Upstream } from './upstream.js'
 import { parseSupervisord, programNames, supervisordLabel, type SupervisordOptions, type SupervisordTarget } from './supervisord-address.js'
-import { SupervisordCallError, SupervisordClient, type ProcessInfo } from './supervisord-client.js'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { SupervisordCallError, SupervisordClient, isDaemonFault, type ProcessInfo } from './supervisord-client.js'
+import { probe } from './health-probe.js'
 import { BadCommandError, NotManagedError } from './errors.js'
-import { optionKeys, booleanOption, durationOption, optionError, rejectUnknownOptions, showValue } from './options.js'
+import { optionKeys, booleanOption, durationOption, objectOption, optionError, rejectUnknownOptions, showValue } from './options.js'
 
 /** The sections of an upstream's options that the bridge reads. */
 export interface SupervisordSections {
@@ -24,6 +26,13 @@ declare module './upstream.js' {
   interface UpstreamOptions extends SupervisordSections {}
 }
 
+export interface StartBackoffOptions {
+  /** ms no start is tried after the first failed one (default 1000). */
+  initial?: number
+  /** ms the delay doubles up to (default 60000). */
+  max?: number
+}
+
 export interface SupervisordBridgeOptions {
   /** ms for one call to supervisord, its wait for `startsecs` included (default 5000). */
   callTimeout?: number
@@ -33,6 +42,10 @@ export interface SupervisordBridgeOptions {
   antiFlap?: number
   /** ms a stop waits for the peer's in-flight requests to end before supervisord is asked (default 30000). */
   drainTimeout?: number
+  /** ms a started program has, once supervisord says RUNNING, to accept a TCP connection on its address (default 30000). */
+  readyTimeout?: number
+  /** The back-off after a failed start: no start of that peer (of every peer, when supervisord itself failed) until it ends. */
+  startBackoff?: StartBackoffOptions
 }
 
 export type Command = 'start' | 'stop'
@@ -40,6 +53,8 @@ export type Command = 'start' | 'stop'
 export interface ExecuteOptions {
   /** Resolve after supervisord's answer rather than once the command is accepted (default false). */
   wait?: boolean
+  /** Pin the peer (default true): the scaler leaves it alone until `unpin()`. */
+  pin?: boolean
 }
 
 export interface ExecuteResult {
@@ -55,7 +70,7 @@ export interface ExecuteResult {
   state: ProcessState | null
   /** Set once the command has ended: whether it succeeded. */
   ok?: boolean
-  /** supervisord's fault name, or TIMEOUT, UNAUTHORIZED, UNREACHABLE, ABORTED, PROTOCOL; CANCELLED when a later command replaced it. */
+  /** supervisord's fault name, or TIMEOUT, UNAUTHORIZED, UNREACHABLE, ABORTED, PROTOCOL; NOT_READY when the program never accepted a connection; CANCELLED when a later command replaced it. */
   fault?: string
   reason?: string
   /** For an anti-flap refusal: ms until an `any` command is taken again. */
@@ -64,8 +79,10 @@ export interface ExecuteResult {
 
 /** The supervisord bridge, as decorated on the instance. */
 export interface SupervisordBridge {
-  /** Starts or stops peer `backend` (or `any` peer) of an upstream; see ExecuteResult. Throws on an unknown upstream, one without `supervisord`, or an index out of range. */
+  /** Starts or stops peer `backend` (or `any` peer) of an upstream and pins it; see ExecuteResult. Throws on an unknown upstream, one without `supervisord`, or an index out of range. */
   execute (upstream: string, command: Command, backend: number | 'any', options?: ExecuteOptions): Promise<ExecuteResult>
+  /** Releases an operator's pin: the scaler may start or stop the peer again. */
+  unpin (upstream: string, index: number): Peer
   /** Reads every managed program's state from supervisord now (what the timer does every `pollInterval`). */
   poll (): Promise<void>
   /** Whether the upstream has a `supervisord` option. */
@@ -76,18 +93,30 @@ export interface SupervisordBridge {
   label (upstream: string): string
 }
 
+interface Pending {
+  command: Command
+  done: Promise<ExecuteResult>
+  /** Aborted when a later command replaces this one: its drain or readiness wait ends. */
+  cancel: AbortController
+}
+
 interface PeerControl {
   peer: Peer
   program: string
+  managed: Managed
   /** Bumped when a command is accepted and when it ends: a run, or a poll, that sees it moved knows it is stale. */
   generation: number
-  pending: { command: Command, done: Promise<ExecuteResult> } | undefined
+  pending: Pending | undefined
   /** The end of the last command's supervisord call: calls on one peer are sent in order. */
   chain: Promise<void>
   /** The last stop set admin to `drain` and must put it back. */
   drained: boolean
   /** A poll did not find this program in supervisord's configuration (warned once). */
   missing: boolean
+  /** A read of this one program's state is under way. */
+  refreshing: boolean
+  /** A RUNNING program found by a poll is probed until it answers. */
+  watching: boolean
 }
 
 interface Managed {
@@ -99,6 +128,8 @@ interface Managed {
   peers: PeerControl[]
   anyBusy: boolean
   lastAny: number
+  /** When a demand that found nothing to start last read supervisord's state. */
+  lastDemandPoll: number
 }
 
 interface Accepted {
@@ -106,15 +137,32 @@ interface Accepted {
   done: Promise<ExecuteResult>
 }
 
-interface Outcome { ok: boolean, fault?: string, reason?: string }
+interface Outcome {
+  ok: boolean
+  fault?: string
+  reason?: string
+  /** supervisord answered ALREADY_STARTED: the program may still be STARTING. */
+  already?: boolean
+}
 
 const SECTIONS = optionKeys<SupervisordSections>()('supervisord', 'supervisordName', 'inheritBackendStatus', 'stopOnFailure')
-const PLUGIN_OPTIONS = optionKeys<SupervisordBridgeOptions>()('callTimeout', 'pollInterval', 'antiFlap', 'drainTimeout')
-const DRAIN_TICK = 20
+const PLUGIN_OPTIONS = optionKeys<SupervisordBridgeOptions>()('callTimeout', 'pollInterval', 'antiFlap', 'drainTimeout', 'readyTimeout', 'startBackoff')
+const BACKOFF_OPTIONS = optionKeys<StartBackoffOptions>()('initial', 'max')
 const TARGET: Record<Command, ProcessState> = { start: 'up', stop: 'down' }
 const MOVING: Record<Command, ProcessState> = { start: 'starting', stop: 'stopping' }
 /** The fault that means "it already is so": success, as ngx_supervisord counted it. */
 const DONE_ALREADY: Record<Command, string> = { start: 'ALREADY_STARTED', stop: 'NOT_RUNNING' }
+/** ms between two TCP probes of a started program that does not accept connections yet. */
+const PROBE_EVERY = 75
+/** ms a TCP probe of a started program may take. */
+const PROBE_TIMEOUT = 1000
+/** ms between two reads of a program's state while supervisord says STARTING. */
+const STARTING_READ_EVERY = 200
+/** ms between two reads of a RUNNING program's state while it does not accept connections (it may have died). */
+const RUNNING_READ_EVERY = 1000
+/** ms at least between two polls asked by demands that found nothing to start. */
+const DEMAND_POLL_EVERY = 1000
+const RUNNING = 20
 
 /** What execute() answers about an accepted command, with the peer's process state as it is now. */
 function resultOf (pc: PeerControl, command: Command, more: Pick<ExecuteResult, 'ok' | 'fault' | 'reason'> = {}): ExecuteResult {
@@ -131,14 +179,25 @@ function processStateOf (info: ProcessInfo): ProcessState {
   }
 }
 
+/** An error of a call, as an outcome. */
+function failed (error: unknown): Outcome {
+  return { ok: false, fault: error instanceof SupervisordCallError ? error.fault : 'PROTOCOL', reason: (error as Error).message }
+}
+
 export function pluginSettings (options: SupervisordBridgeOptions) {
   const where = 'supervisord'
   rejectUnknownOptions(options, PLUGIN_OPTIONS, where)
+  const backoff = objectOption(options.startBackoff, where, 'startBackoff', BACKOFF_OPTIONS) as StartBackoffOptions
+  const initial = durationOption(backoff.initial, 1000, where, 'startBackoff.initial', 1)
+  const max = durationOption(backoff.max, 60_000, where, 'startBackoff.max', 1)
+  if (max < initial) throw optionError(where, `option "startBackoff.max" (${max}) must not be below "startBackoff.initial" (${initial})`)
   return {
     callTimeout: durationOption(options.callTimeout, 5000, where, 'callTimeout', 1),
     pollInterval: durationOption(options.pollInterval, 10_000, where, 'pollInterval', 0),
     antiFlap: durationOption(options.antiFlap, 30_000, where, 'antiFlap', 0),
-    drainTimeout: durationOption(options.drainTimeout, 30_000, where, 'drainTimeout', 0)
+    drainTimeout: durationOption(options.drainTimeout, 30_000, where, 'drainTimeout', 0),
+    readyTimeout: durationOption(options.readyTimeout, 30_000, where, 'readyTimeout', 1),
+    startBackoff: { initial, max }
   }
 }
 
@@ -169,7 +228,10 @@ function upstreamSettings (upstream: Upstream) {
 
 /**
  * Carries out start/stop commands on peers, keeps each peer's process state
- * as ngx_supervisord's state machine did, and keeps it true by polling.
+ * as ngx_supervisord's state machine did, and keeps it true by polling. A
+ * started peer is `up` once supervisord says RUNNING and its address accepts
+ * a connection; a failed start puts it in back-off, and demand moves on to
+ * the next candidate.
  */
 export class Bridge implements SupervisordBridge {
   readonly #managed = new Map<string, Managed>()
@@ -183,6 +245,8 @@ export class Bridge implements SupervisordBridge {
   readonly #clients = new Map<string, SupervisordClient>()
   /** What one `getAllProcessInfo` call answers for: the peers of every upstream behind that client. */
   readonly #polled = new Map<SupervisordClient, PeerControl[]>()
+  /** Failed starts in a row that were the daemon's fault, per daemon. */
+  readonly #daemonSteps = new Map<SupervisordClient, number>()
 
   constructor (registry: Registry, settings: Settings, log: FastifyBaseLogger) {
     this.#registry = registry
@@ -192,29 +256,39 @@ export class Bridge implements SupervisordBridge {
       const config = upstreamSettings(upstream)
       if (config === undefined) continue
       const client = config.target.kind === 'none' ? undefined : this.#clientFor(config.target)
-      const peers = upstream.peers.map((peer): PeerControl => ({
-        peer,
-        program: config.programs[peer.index],
-        generation: 0,
-        pending: undefined,
-        chain: Promise.resolve(),
-        drained: false,
-        missing: false
-      }))
-      this.#managed.set(upstream.name, {
+      const managed: Managed = {
         upstream,
         target: config.target,
         client,
         stopOnFailure: config.stopOnFailure,
-        peers,
+        peers: [],
         anyBusy: false,
-        lastAny: -Infinity
-      })
-      if (client !== undefined) this.#polled.set(client, [...(this.#polled.get(client) ?? []), ...peers])
+        lastAny: -Infinity,
+        lastDemandPoll: -Infinity
+      }
+      managed.peers = upstream.peers.map((peer): PeerControl => ({
+        peer,
+        program: config.programs[peer.index],
+        managed,
+        generation: 0,
+        pending: undefined,
+        chain: Promise.resolve(),
+        drained: false,
+        missing: false,
+        refreshing: false,
+        watching: false
+      }))
+      this.#managed.set(upstream.name, managed)
+      if (client !== undefined) this.#polled.set(client, [...(this.#polled.get(client) ?? []), ...managed.peers])
       if (!config.inherit) {
         for (const peer of upstream.peers) peer.setProcess('down', 'not started yet')
       }
       if (config.target.kind !== 'none') upstream.startOnDemand()
+      else if (upstream.peers.every(peer => peer.process === 'down')) {
+        log.warn({ upstream: upstream.name }, `supervisord: upstream "${upstream.name}" is supervisord "none" and every peer starts down: ` +
+          'none mode never starts a peer on demand, so every request gets 503 until one is started by its route or execute() ' +
+          '(set inheritBackendStatus to start the peers that are not "down: true" in rotation)')
+      }
       upstream.assignSupervisord(supervisordLabel(config.target), config.programs)
     }
     for (const section of SECTIONS) registry.claim(section)
@@ -239,10 +313,18 @@ export class Bridge implements SupervisordBridge {
   async execute (upstream: string, command: Command, backend: number | 'any', options: ExecuteOptions = {}): Promise<ExecuteResult> {
     const managed = this.#get(upstream)
     if (command !== 'start' && command !== 'stop') throw new BadCommandError(showValue(command))
-    const accepted = backend === 'any'
-      ? this.#any(managed, command)
-      : this.#accept(managed, this.#peerControl(managed, backend), command)
+    const pc = backend === 'any' ? this.#anyCandidate(managed, command) : this.#peerControl(managed, backend)
+    if (!('peer' in pc)) return pc
+    // Operator intent: the scaler leaves the peer alone until it is released.
+    if (options.pin !== false) pc.peer.setPin(command === 'start' ? 'up' : 'down', `operator ${command}`)
+    const accepted = backend === 'any' ? this.#anyAccepted(managed, pc, command) : this.#accept(managed, pc, command)
     return options.wait === true ? await accepted.done : accepted.result
+  }
+
+  unpin (upstream: string, index: number): Peer {
+    const { peer } = this.#peerControl(this.#get(upstream), index)
+    peer.setPin('none', 'released')
+    return peer
   }
 
   async poll (): Promise<void> {
@@ -288,35 +370,33 @@ export class Bridge implements SupervisordBridge {
     return client
   }
 
-  #any (managed: Managed, command: Command): Accepted {
-    const refuse = (reason: string, retryAfter?: number): Accepted => {
+  /** The peer an `any` command goes to (the upstream's one rule), or the refusal. */
+  #anyCandidate (managed: Managed, command: Command): PeerControl | ExecuteResult {
+    const refuse = (reason: string, retryAfter?: number): ExecuteResult => {
       const result: ExecuteResult = { upstream: managed.upstream.name, command, backend: 'any', accepted: false, state: null, reason }
       if (retryAfter !== undefined) result.retryAfter = retryAfter
-      return { result, done: Promise.resolve(result) }
+      return result
     }
     if (managed.anyBusy) return refuse('another "any" command on this upstream has not ended yet')
     const remaining = managed.lastAny + this.#settings.antiFlap - Date.now()
     if (remaining > 0) return refuse(`anti-flap: "any" commands are at least ${this.#settings.antiFlap} ms apart (next in ${remaining} ms)`, remaining)
-    const pc = command === 'start' ? this.#startCandidate(managed) : this.#stopCandidate(managed)
-    if (pc === undefined) {
-      return refuse(command === 'start' ? 'no peer is down (or all down peers are in maint)' : 'no running peer can be stopped without stopping the last one')
+    const upstream = managed.upstream
+    const peer = command === 'start' ? upstream.startCandidate() : upstream.stopCandidate()
+    if (peer === undefined) {
+      return refuse(command === 'start'
+        ? 'no peer can be started (none is down with admin state ready and out of start back-off)'
+        : 'no running peer can be stopped without stopping the last one')
     }
+    return managed.peers[peer.index]
+  }
+
+  #anyAccepted (managed: Managed, pc: PeerControl, command: Command): Accepted {
     managed.anyBusy = true
     managed.lastAny = Date.now()
     const accepted = this.#accept(managed, pc, command)
     const free = (): void => { managed.anyBusy = false }
     accepted.done.then(free, free)
     return accepted
-  }
-
-  #startCandidate (managed: Managed): PeerControl | undefined {
-    return managed.peers.find(pc => pc.peer.process === 'down' && pc.peer.admin !== 'maint')
-  }
-
-  /** The highest-index running peer, never the last one running. */
-  #stopCandidate (managed: Managed): PeerControl | undefined {
-    const running = managed.peers.filter(pc => pc.peer.running)
-    return running.length > 1 ? running[running.length - 1] : undefined
   }
 
   /**
@@ -337,10 +417,12 @@ export class Bridge implements SupervisordBridge {
       const result = this.#finishNone(managed, pc, command)
       return { result, done: Promise.resolve(result) }
     }
+    pc.pending?.cancel.abort()
     const generation = ++pc.generation
+    const cancel = new AbortController()
     peer.setProcess(MOVING[command], `${command} requested`)
-    const done = this.#run(managed, managed.client, pc, command, generation)
-    pc.pending = { command, done }
+    const done = this.#run(managed, managed.client, pc, command, generation, AbortSignal.any([cancel.signal, this.#closing.signal]))
+    pc.pending = { command, done, cancel }
     return { result: resultOf(pc, command), done }
   }
 
@@ -352,35 +434,43 @@ export class Bridge implements SupervisordBridge {
     return resultOf(pc, command, { ok: true })
   }
 
-  async #run (managed: Managed, client: SupervisordClient, pc: PeerControl, command: Command, generation: number): Promise<ExecuteResult> {
+  async #run (managed: Managed, client: SupervisordClient, pc: PeerControl, command: Command, generation: number, signal: AbortSignal): Promise<ExecuteResult> {
     const previous = pc.chain
     let release = (): void => {}
     pc.chain = new Promise(resolve => { release = resolve })
     let outcome: Outcome
     try {
       await previous
-      if (command === 'stop') await this.#drain(pc, generation)
-      outcome = pc.generation === generation
-        ? await this.#send(client, pc, command)
-        : { ok: false, fault: 'CANCELLED', reason: `a later command on program "${pc.program}" replaced it` }
+      if (command === 'stop') await this.#drain(pc, signal)
+      if (pc.generation !== generation) {
+        outcome = { ok: false, fault: 'CANCELLED', reason: `a later command on program "${pc.program}" replaced it` }
+      } else {
+        outcome = await this.#send(client, pc, command)
+        if (command === 'start' && outcome.ok) {
+          const serving = await this.#untilServing(client, pc, signal, outcome.already !== true)
+          outcome = serving.ok ? outcome : serving
+        }
+      }
     } finally {
       release()
+    }
+    if (outcome.fault === 'NOT_READY') {
+      // It runs but never answered: stop it (best effort), a start elsewhere may do better.
+      client.stopProcess(pc.program, false).catch(() => {})
     }
     return this.#finish(managed, pc, command, generation, outcome)
   }
 
-  /** Takes the peer out of rotation and waits (bounded) for its in-flight requests. */
-  async #drain (pc: PeerControl, generation: number): Promise<void> {
+  /** Takes the peer out of rotation and waits (bounded) for its in-flight requests to end. */
+  async #drain (pc: PeerControl, signal: AbortSignal): Promise<void> {
     const { peer } = pc
     if (peer.admin === 'ready') {
       peer.setAdmin('drain', 'stopping')
       pc.drained = true
     }
-    const deadline = Date.now() + this.#settings.drainTimeout
-    while (peer.inflight > 0 && Date.now() < deadline && pc.generation === generation && !this.#closing.signal.aborted) {
-      await new Promise(resolve => setTimeout(resolve, DRAIN_TICK))
-    }
-    if (peer.inflight > 0 && pc.generation === generation && !this.#closing.signal.aborted) {
+    const timeout = AbortSignal.timeout(this.#settings.drainTimeout)
+    await peer.whenIdle(AbortSignal.any([signal, timeout]))
+    if (peer.inflight > 0 && !signal.aborted) {
       this.#log.warn({ upstream: peer.upstream, program: pc.program, inflight: peer.inflight },
         `supervisord: drainTimeout (${this.#settings.drainTimeout} ms) passed, stopping with requests in flight`)
     }
@@ -391,38 +481,151 @@ export class Bridge implements SupervisordBridge {
       await (command === 'start' ? client.startProcess(pc.program, true) : client.stopProcess(pc.program, true))
       return { ok: true }
     } catch (error) {
-      const fault = error instanceof SupervisordCallError ? error.fault : 'PROTOCOL'
-      if (fault === DONE_ALREADY[command]) return { ok: true, reason: (error as Error).message }
-      return { ok: false, fault, reason: (error as Error).message }
+      const outcome = failed(error)
+      if (outcome.fault === DONE_ALREADY[command]) return { ok: true, reason: outcome.reason, already: true }
+      return outcome
     }
+  }
+
+  /**
+   * A started program is serving once supervisord says RUNNING and its
+   * address accepts a TCP connection, probed every PROBE_EVERY ms for at most
+   * readyTimeout. After ALREADY_STARTED (a start by someone else, maybe still
+   * STARTING) supervisord's state is read first, and again until RUNNING; a
+   * program that leaves STARTING/RUNNING meanwhile has failed its start.
+   */
+  async #untilServing (client: SupervisordClient, pc: PeerControl, signal: AbortSignal, running: boolean): Promise<Outcome> {
+    const { readyTimeout } = this.#settings
+    const deadline = Date.now() + readyTimeout
+    let nextRead = running ? Date.now() + RUNNING_READ_EVERY : 0
+    let last = 'not probed yet'
+    while (!signal.aborted) {
+      if (Date.now() >= nextRead) {
+        let info: ProcessInfo
+        try {
+          info = await client.getProcessInfo(pc.program)
+        } catch (error) {
+          return failed(error)
+        }
+        if (info.state !== RUNNING && processStateOf(info) !== 'starting') {
+          const why = info.spawnerr !== '' ? `: ${info.spawnerr}` : ''
+          return { ok: false, fault: info.statename, reason: `supervisord ${client.label}: program "${pc.program}" is ${info.statename}${why}` }
+        }
+        running = info.state === RUNNING
+        nextRead = Date.now() + (running ? RUNNING_READ_EVERY : STARTING_READ_EVERY)
+      }
+      if (running) {
+        const result = await probe(pc.peer, { type: 'tcp', timeout: PROBE_TIMEOUT }, signal)
+        if (result.ok) return { ok: true }
+        last = result.reason
+      }
+      if (Date.now() >= deadline) {
+        return {
+          ok: false,
+          fault: 'NOT_READY',
+          reason: running
+            ? `program "${pc.program}" runs, but ${pc.peer.address} did not accept a connection within readyTimeout (${readyTimeout} ms): ${last}`
+            : `program "${pc.program}" was still STARTING after readyTimeout (${readyTimeout} ms)`
+        }
+      }
+      await sleep(running ? PROBE_EVERY : Math.max(0, nextRead - Date.now()), undefined, { signal, ref: false }).catch(() => {})
+    }
+    return this.#closing.signal.aborted
+      ? { ok: false, fault: 'ABORTED', reason: 'the server is closing' }
+      : { ok: false, fault: 'CANCELLED', reason: `a later command on program "${pc.program}" replaced it` }
   }
 
   #finish (managed: Managed, pc: PeerControl, command: Command, generation: number, outcome: Outcome): ExecuteResult {
     const { peer } = pc
     // A later command owns the peer now: this one's end changes nothing but is still told.
     const current = pc.generation === generation
+    const told = outcome.fault !== 'CANCELLED' && !this.#closing.signal.aborted
     if (current) {
       pc.pending = undefined
       // A poll sent before this end may answer after it: its (older) state must not win.
       pc.generation++
-      if (command === 'start') {
-        peer.setProcess(outcome.ok ? 'up' : 'down', outcome.ok ? 'started' : outcome.fault)
-        if (outcome.ok) this.#refreshPid(managed, pc)
+      if (command === 'start') this.#startEnded(managed, pc, outcome, told)
+      else if (outcome.ok) {
+        peer.setProcess('down', 'stopped')
+        peer.setPid(null)
+      } else if (outcome.fault === 'TIMEOUT') {
+        // supervisord may still carry it out: out of rotation until its state is read again.
+        this.#refresh(pc)
       } else {
-        peer.setProcess(outcome.ok ? 'down' : 'up', outcome.ok ? 'stopped' : outcome.fault)
-        if (outcome.ok) peer.setPid(null)
+        peer.setProcess('up', outcome.fault)
       }
     }
     if (pc.drained && (!current || command === 'stop')) {
       pc.drained = false
       if (peer.admin === 'drain') peer.setAdmin('ready', command === 'stop' && outcome.ok ? 'stopped' : 'stop did not happen')
     }
-    if (!outcome.ok && outcome.fault !== 'CANCELLED' && !this.#closing.signal.aborted) {
+    if (!outcome.ok && told && command === 'stop') {
       this.#log.error({ upstream: peer.upstream, program: pc.program, fault: outcome.fault, supervisord: supervisordLabel(managed.target) },
-        outcome.reason ?? `supervisord: ${command} failed`)
+        outcome.reason ?? 'supervisord: stop failed')
     }
     this.#emit(managed, pc, command, outcome)
     return resultOf(pc, command, outcome)
+  }
+
+  /** A start ended: up (back-off over), or down in back-off, with one log line either way it matters. */
+  #startEnded (managed: Managed, pc: PeerControl, outcome: Outcome, told: boolean): void {
+    const { peer } = pc
+    const client = managed.client as SupervisordClient
+    if (outcome.ok) {
+      const failedBefore = peer.backoff?.step ?? 0
+      this.#clearBackoff(client, pc)
+      // A new process: the failures of the old one are not its own.
+      peer.clearPassive('process started')
+      peer.setProcess('up', 'started')
+      this.#refreshPid(managed, pc)
+      if (failedBefore > 0) {
+        this.#log.info({ upstream: peer.upstream, program: pc.program, refused: managed.upstream.takeRefused() },
+          `supervisord: program "${pc.program}" started after ${failedBefore} failed starts`)
+      }
+      return
+    }
+    if (told) {
+      // Set before the process goes down, so that whoever looks for the next candidate skips this one.
+      const { step, delay, everyProgram } = this.#backOff(client, pc, outcome)
+      this.#log.error({
+        upstream: peer.upstream,
+        program: pc.program,
+        fault: outcome.fault,
+        supervisord: client.label,
+        backoffMs: delay,
+        step,
+        refused: managed.upstream.takeRefused()
+      }, `${outcome.reason ?? `supervisord: start of "${pc.program}" failed`}; ` +
+        `no start of ${everyProgram ? `any program of supervisord ${client.label}` : `"${pc.program}"`} for ${delay} ms (failed start ${step} in a row)`)
+    }
+    peer.setProcess('down', outcome.fault)
+  }
+
+  /** The start back-off of the peer, or of every peer behind the daemon when the daemon failed. */
+  #backOff (client: SupervisordClient, pc: PeerControl, outcome: Outcome): { step: number, delay: number, everyProgram: boolean } {
+    const now = Date.now()
+    const reason = outcome.reason ?? outcome.fault ?? 'start failed'
+    const delayOf = (step: number): number => Math.min(this.#settings.startBackoff.initial * 2 ** Math.min(step - 1, 30), this.#settings.startBackoff.max)
+    if (isDaemonFault(outcome.fault)) {
+      const step = (this.#daemonSteps.get(client) ?? 0) + 1
+      this.#daemonSteps.set(client, step)
+      const delay = delayOf(step)
+      for (const other of this.#polled.get(client) ?? []) other.peer.setBackoff({ step, until: now + delay, reason, cause: 'supervisord' })
+      return { step, delay, everyProgram: true }
+    }
+    const step = (pc.peer.backoff?.step ?? 0) + 1
+    const delay = delayOf(step)
+    pc.peer.setBackoff({ step, until: now + delay, reason, cause: 'program' })
+    return { step, delay, everyProgram: false }
+  }
+
+  /** A start succeeded: its back-off is over, and so is any the daemon caused. */
+  #clearBackoff (client: SupervisordClient, pc: PeerControl): void {
+    pc.peer.setBackoff(null)
+    if (!this.#daemonSteps.delete(client)) return
+    for (const other of this.#polled.get(client) ?? []) {
+      if (other.peer.backoff?.cause === 'supervisord') other.peer.setBackoff(null)
+    }
   }
 
   /** The pid of a started program, for the status page (best effort: the next poll sets it too). */
@@ -434,46 +637,75 @@ export class Bridge implements SupervisordBridge {
     }, (error: Error) => this.#log.debug({ err: error, program: pc.program }, 'supervisord: could not read the pid of a started program'))
   }
 
+  /** Reads one program's state now (after a stop that timed out, or a passive failure), unless a command or read is under way. */
+  #refresh (pc: PeerControl): void {
+    const client = pc.managed.client
+    if (client === undefined || pc.refreshing || this.#closing.signal.aborted) return
+    pc.refreshing = true
+    const generation = pc.generation
+    client.getProcessInfo(pc.program)
+      .then(async info => { if (pc.pending === undefined && pc.generation === generation) await this.#adopt(pc, info) },
+        (error: Error) => this.#log.warn({ upstream: pc.peer.upstream, program: pc.program, fault: (error as SupervisordCallError).fault }, error.message))
+      .finally(() => { pc.refreshing = false })
+      .catch(error => this.#log.error({ err: error }, 'supervisord: reading a program\'s state failed unexpectedly'))
+  }
+
   #emit (managed: Managed, pc: PeerControl, command: Command, outcome: Outcome): void {
     this.#registry.emit('command', {
       upstream: managed.upstream.name, index: pc.peer.index, command, ok: outcome.ok, fault: outcome.fault, reason: outcome.reason, at: Date.now()
     })
   }
 
-  /** A request is waiting for a peer: start the lowest-index down one, unless a start is already on its way. */
+  /**
+   * A request is waiting for a peer: start the upstream's start candidate,
+   * unless a start is already on its way. With nothing to start, a peer that
+   * runs may have died unseen: supervisord's state is read (at most once a
+   * second).
+   */
   readonly #onDemand = (event: DemandEvent): void => {
     const managed = this.#managed.get(event.upstream)
     if (managed?.client === undefined || this.#closing.signal.aborted || managed.upstream.routable) return
     if (managed.peers.some(pc => pc.pending?.command === 'start')) return
-    const pc = this.#startCandidate(managed)
-    if (pc === undefined) {
-      this.#log.warn({ upstream: event.upstream }, 'supervisord: a request waits for a peer, but none is down to be started')
+    const peer = managed.upstream.startCandidate()
+    if (peer !== undefined) {
+      // Requests need a peer: an operator's stop no longer holds once it is started again.
+      if (peer.pin === 'down') peer.setPin('none', 'started on demand')
+      this.#background(this.#accept(managed, managed.peers[peer.index], 'start'))
       return
     }
-    this.#background(this.#accept(managed, pc, 'start'))
+    const now = Date.now()
+    if (now - managed.lastDemandPoll < DEMAND_POLL_EVERY) return
+    managed.lastDemandPoll = now
+    this.poll().catch(error => this.#log.error({ err: error }, 'supervisord: poll failed'))
   }
 
-  /** stopOnFailure: a peer that failed passively is stopped, to be started again on demand. */
+  /**
+   * A peer failed passively: with stopOnFailure it is stopped, to be started
+   * again on demand; otherwise its program's state is read at once (it may
+   * have died, and can then be started again).
+   */
   readonly #onChange = (change: PeerChange): void => {
     if (change.field !== 'passive' || change.to !== 'failed' || this.#closing.signal.aborted) return
     const managed = this.#managed.get(change.upstream)
-    if (managed === undefined || !managed.stopOnFailure) return
+    if (managed?.client === undefined) return
     const pc = managed.peers[change.index]
+    if (!managed.stopOnFailure) return this.#refresh(pc)
     this.#log.warn({ upstream: change.upstream, program: pc.program, reason: change.reason }, 'supervisord: stopping a failed peer (stopOnFailure)')
     this.#background(this.#accept(managed, pc, 'stop'))
   }
 
-  /** The scaler decided: carry it out on the peer it chose (a stop drains first, as any stop). */
+  /** The scaler decided: carry it out on the peer it chose (a stop drains first, as any stop), unless an operator pinned it meanwhile. */
   readonly #onScale = (event: ScaleEvent): void => {
     const managed = this.#managed.get(event.upstream)
     const pc = managed?.peers[event.index]
-    if (managed === undefined || pc === undefined || this.#closing.signal.aborted) return
+    if (managed === undefined || pc === undefined || this.#closing.signal.aborted || pc.peer.pin !== 'none') return
     this.#background(this.#accept(managed, pc, event.action))
   }
 
-  /** A command nobody awaits: an error thrown by an event listener must not become an unhandled rejection. */
-  #background (accepted: Accepted): void {
-    accepted.done.catch(error => this.#log.error({ err: error }, 'supervisord: a command failed unexpectedly'))
+  /** Work nobody awaits (a command, a wait): an error must not become an unhandled rejection. */
+  #background (work: Accepted | Promise<unknown>): void {
+    const done = work instanceof Promise ? work : work.done
+    done.catch(error => this.#log.error({ err: error }, 'supervisord: background work failed unexpectedly'))
   }
 
   async #pollAll (): Promise<void> {
@@ -494,7 +726,7 @@ export class Bridge implements SupervisordBridge {
       byName.set(info.name, info)
       byName.set(`${info.group}:${info.name}`, info)
     }
-    peers.forEach((pc, i) => {
+    await Promise.all(peers.map(async (pc, i) => {
       const info = byName.get(pc.program)
       if (info === undefined) {
         if (!pc.missing) this.#log.warn({ upstream: pc.peer.upstream, program: pc.program }, `supervisord ${client.label} has no program "${pc.program}"`)
@@ -504,9 +736,50 @@ export class Bridge implements SupervisordBridge {
       pc.missing = false
       // A command accepted during the poll knows better than the answer.
       if (pc.pending !== undefined || pc.generation !== generations[i]) return
-      pc.peer.setProcess(processStateOf(info), `supervisord says ${info.statename}`)
-      pc.peer.setPid(info.pid > 0 ? info.pid : null)
-    })
+      await this.#adopt(pc, info)
+    }))
+  }
+
+  /**
+   * What supervisord says of a program no command of ours is moving becomes
+   * the peer's state. RUNNING counts as `up` once its address accepts a
+   * connection: until then the peer is `starting`, probed every PROBE_EVERY
+   * ms, and `up` after readyTimeout whatever the probes say (supervisord is
+   * the truth for the process; health and passive checks judge the rest).
+   */
+  async #adopt (pc: PeerControl, info: ProcessInfo): Promise<void> {
+    const { peer } = pc
+    peer.setPid(info.pid > 0 ? info.pid : null)
+    const state = processStateOf(info)
+    if (state !== 'up' || peer.process === 'up') return peer.setProcess(state, `supervisord says ${info.statename}`)
+    if (pc.watching) return
+    const generation = pc.generation
+    const deadline = Date.now() + this.#settings.readyTimeout
+    const untouched = (): boolean => pc.pending === undefined && pc.generation === generation && !this.#closing.signal.aborted
+    let result = await probe(peer, { type: 'tcp', timeout: PROBE_TIMEOUT }, this.#closing.signal)
+    if (!untouched()) return
+    if (!result.ok) {
+      peer.setProcess('starting', `supervisord says ${info.statename}; ${peer.address} does not accept connections yet`)
+      // Not awaited: a poll does not wait for a slow program.
+      pc.watching = true
+      this.#background((async () => {
+        while (!result.ok && Date.now() < deadline) {
+          await sleep(PROBE_EVERY, undefined, { signal: this.#closing.signal, ref: false }).catch(() => {})
+          if (!untouched()) return
+          result = await probe(peer, { type: 'tcp', timeout: PROBE_TIMEOUT }, this.#closing.signal)
+        }
+        if (!untouched()) return
+        if (!result.ok) this.#log.warn({ upstream: peer.upstream, program: pc.program }, `supervisord: program "${pc.program}" is RUNNING but ${peer.address} did not accept a connection within readyTimeout: ${result.reason}`)
+        this.#adopted(pc, info)
+      })().finally(() => { pc.watching = false }))
+      return
+    }
+    this.#adopted(pc, info)
+  }
+
+  #adopted (pc: PeerControl, info: ProcessInfo): void {
+    pc.peer.setBackoff(null)
+    pc.peer.setProcess('up', `supervisord says ${info.statename}`)
   }
 
   #schedule (): void {

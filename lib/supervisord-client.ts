@@ -35,6 +35,15 @@ export function isUnavailable (fault: string | undefined): boolean {
   return fault === 'TIMEOUT' || fault === 'UNREACHABLE' || fault === 'ABORTED'
 }
 
+/**
+ * A fault of the daemon rather than of one program (wrong credentials, no
+ * daemon there, an answer that is no XML-RPC, shutting down): every program
+ * behind it would fail the same way.
+ */
+export function isDaemonFault (fault: string | undefined): boolean {
+  return fault === 'UNAUTHORIZED' || fault === 'UNREACHABLE' || fault === 'PROTOCOL' || fault === 'SHUTDOWN_STATE'
+}
+
 /** One entry of `supervisor.getAllProcessInfo` / `getProcessInfo`. */
 export interface ProcessInfo {
   name: string
