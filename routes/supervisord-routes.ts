@@ -2,7 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteHandlerMethod } from 'fastify'
 import type { Command, ExecuteResult } from '../lib/supervisord-bridge.js'
 import { isUnavailable } from '../lib/supervisord-client.js'
-import { BadQueryError, NotManagedError, SupervisordError, SupervisordUnavailableError } from '../lib/errors.js'
+import { BadQueryError, MethodNotAllowedError, NotManagedError, RouteNotFoundError, SupervisordError, SupervisordUnavailableError } from '../lib/errors.js'
 import { allowList, guard, LOOPBACK } from '../lib/guard.js'
 import { optionKeys, optionError, rejectUnknownOptions, showValue, stringOption } from '../lib/options.js'
 
@@ -24,6 +24,8 @@ export interface SupervisordRoutesOptions {
   startPath?: string
   /** Path of the stop route under the prefix (default `/stop`). */
   stopPath?: string
+  /** Path of the route that releases an operator's pin under the prefix (default `/release`). */
+  releasePath?: string
   /** HTTP methods of both routes (default `['POST']`; `['GET', 'POST']` for links and curl without -X). */
   methods?: Array<'GET' | 'POST'>
   /** Client addresses let in: IPv4/IPv6 addresses and CIDRs (default loopback only when no `token` is set). */
@@ -32,7 +34,7 @@ export interface SupervisordRoutesOptions {
   token?: string
 }
 
-const ROUTE_OPTIONS = optionKeys<SupervisordRoutesOptions>()('upstream', 'prefix', 'startPath', 'stopPath', 'methods', 'allow', 'token')
+const ROUTE_OPTIONS = optionKeys<SupervisordRoutesOptions>()('upstream', 'prefix', 'startPath', 'stopPath', 'releasePath', 'methods', 'allow', 'token')
 const INDEX = /^\d+$/
 
 /** The `:backend` param as execute() takes it; the range is the bridge's to check (404). */
@@ -112,10 +114,30 @@ function routePath (value: unknown, fallback: string, where: string, name: strin
   return path
 }
 
+function safeDecode (text: string): string {
+  try { return decodeURIComponent(text) } catch { return text }
+}
+
+/** A handler for `<prefix>/release/:backend`: the scaler may move the peer again. */
+function releaseHandler (fastify: FastifyInstance, upstream: string): RouteHandlerMethod {
+  const count = fastify.upstreams.get(upstream).peers.length
+  return async function supervisordRelease (request: FastifyRequest) {
+    const value = (request.params as Record<string, unknown> | undefined)?.backend
+    if (typeof value !== 'string' || !INDEX.test(value)) {
+      throw new BadQueryError(`backend must be a peer index (0..${count - 1}), got ${showValue(value)}`)
+    }
+    const peer = fastify.supervisord.unpin(upstream, Number(value))
+    return { upstream, backend: peer.index, pin: peer.pin }
+  }
+}
+
 /**
- * `POST <prefix>/start/:backend` and `POST <prefix>/stop/:backend` for one
- * upstream, guarded by an allow-list and/or a bearer token (loopback only
- * when neither is given); everything else gets 403.
+ * `POST <prefix>/start/:backend`, `POST <prefix>/stop/:backend` and
+ * `POST <prefix>/release/:backend` for one upstream, guarded by an
+ * allow-list and/or a bearer token (loopback only when neither is given);
+ * everything else gets 403. Every request under the prefix is answered
+ * here, whatever its method or the length of its path (405 with Allow,
+ * 400, 404): none falls through to a proxy mounted at '/'.
  */
 async function routes (fastify: FastifyInstance, options: SupervisordRoutesOptions): Promise<void> {
   const where = `supervisord routes for upstream ${showValue(options?.upstream)}`
@@ -131,10 +153,42 @@ async function routes (fastify: FastifyInstance, options: SupervisordRoutesOptio
   // Fastify has already applied a `prefix` given at register(); the default is applied here.
   const base = options.prefix === undefined ? '/_supervisord' : ''
   fastify.addHook('onRequest', guard(allow, token))
-  const startPath = routePath(options.startPath, '/start', where, 'startPath')
-  const stopPath = routePath(options.stopPath, '/stop', where, 'stopPath')
-  fastify.route({ method: methods, url: `${base}${startPath}/:backend`, handler: commandHandler(fastify, upstream, 'start') })
-  fastify.route({ method: methods, url: `${base}${stopPath}/:backend`, handler: commandHandler(fastify, upstream, 'stop') })
+  const handlers = new Map<string, RouteHandlerMethod>([
+    [routePath(options.startPath, '/start', where, 'startPath'), commandHandler(fastify, upstream, 'start')],
+    [routePath(options.stopPath, '/stop', where, 'stopPath'), commandHandler(fastify, upstream, 'stop')]
+  ])
+  const unprefixed = base === '' && fastify.prefix === ''
+  // Mounted at the root (nginx's /_start/N), a release route is made only when asked for.
+  if (!unprefixed || options.releasePath !== undefined) {
+    handlers.set(routePath(options.releasePath, '/release', where, 'releasePath'), releaseHandler(fastify, upstream))
+  }
+  const allowed = methods.join(', ')
+  const withMethod = (handler: RouteHandlerMethod): RouteHandlerMethod => async function (request, reply) {
+    if (!(methods as string[]).includes(request.method)) {
+      reply.header('allow', allowed)
+      throw new MethodNotAllowedError(request.method, allowed)
+    }
+    return await handler.call(this, request, reply)
+  }
+  const every = fastify.supportedMethods
+  for (const [path, handler] of handlers) fastify.route({ method: every, url: `${base}${path}/:backend`, handler: withMethod(handler) })
+
+  // The rest of the prefix, and what the router could not match as a route
+  // (a :backend longer than maxParamLength): answered here, not proxied.
+  const roots = unprefixed ? [...handlers.keys()] : [base]
+  const rest: RouteHandlerMethod = async function (request, reply) {
+    const url = request.url.split('?')[0]
+    const path = url.slice(fastify.prefix.length + base.length)
+    const route = [...handlers.keys()].find(key => path.startsWith(`${key}/`))
+    const backend = route === undefined ? '' : path.slice(route.length + 1)
+    if (route === undefined || backend === '' || backend.includes('/')) throw new RouteNotFoundError(request.method, url)
+    ;(request as { params: unknown }).params = { backend: safeDecode(backend) }
+    return await withMethod(handlers.get(route) as RouteHandlerMethod).call(this, request, reply)
+  }
+  for (const root of roots) {
+    fastify.route({ method: every, url: root === '' ? '/' : root, handler: rest })
+    fastify.route({ method: every, url: `${root}/*`, handler: rest })
+  }
 }
 
 /** The start/stop routes of one upstream, mounted under a prefix and guarded (see SupervisordRoutesOptions). */
