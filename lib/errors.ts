@@ -56,11 +56,11 @@ export const HoldOverflowError = createError(
   'FST_SUPERVISORD_HOLD_OVERFLOW', 'Too many requests held for upstream "%s" (maxHeld %d)', 503)
 export const HoldTimeoutError = createError(
   'FST_SUPERVISORD_HOLD_TIMEOUT', 'No peer of upstream "%s" became routable within %d ms', 503)
-/** Every peer that could be started failed its start: the reasons are in the log, not in the answer. */
+/** Every peer that could be started failed its start (the last reason; clients see it only with `exposeErrors`). */
 export const StartFailedError = createError(
-  'FST_SUPERVISORD_START_FAILED', 'Could not start a peer of upstream "%s"', 502)
+  'FST_SUPERVISORD_START_FAILED', 'Could not start a peer of upstream "%s": %s', 502, Error, false)
 const StartBackoffBase = createError(
-  'FST_SUPERVISORD_START_BACKOFF', 'No peer of upstream "%s" can be started before its start back-off ends (next try in %d s)', 503)
+  'FST_SUPERVISORD_START_BACKOFF', 'No peer of upstream "%s" can be started before its start back-off ends (next try in %d s)', 503, Error, false)
 
 /** No peer is routable and every one that could be started is in start back-off: answered at once, with Retry-After. */
 export class StartBackoffError extends StartBackoffBase {

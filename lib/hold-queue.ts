@@ -37,6 +37,8 @@ export class HoldQueue {
   #held: Held[] = []
   #timer: NodeJS.Timeout | undefined
   #listening = false
+  /** What the last failed start said, for the 502 when every candidate failed. */
+  #lastFailure = 'start failed'
 
   constructor (upstream: Upstream, registry: Registry, options: HoldOptions) {
     this.#upstream = upstream
@@ -91,7 +93,9 @@ export class HoldQueue {
   }
 
   readonly #onCommand = (event: CommandEvent): void => {
-    if (event.upstream === this.#upstream.name && event.command === 'start') this.#settle()
+    if (event.upstream !== this.#upstream.name || event.command !== 'start') return
+    if (!event.ok) this.#lastFailure = event.reason ?? event.fault ?? 'start failed'
+    this.#settle()
   }
 
   #settle (): void {
@@ -105,7 +109,7 @@ export class HoldQueue {
         break
       case 'backoff':
         this.#upstream.countRefused(this.#held.length)
-        this.#failAll(new StartFailedError(this.#upstream.name))
+        this.#failAll(new StartFailedError(this.#upstream.name, this.#lastFailure))
         break
       case 'none':
         this.#failAll(new NoPeerError(this.#upstream.name))

@@ -63,21 +63,96 @@ t.test('maxHeld overflow and holdTimeout answer 503 with Retry-After', async t =
   t.ok(waited < 1000, 'nothing waits much past holdTimeout')
 })
 
-t.test('a failed start answers 502, with the reason when errors are exposed', async t => {
-  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { exposeErrors: true })
+/** What a starter does with a failed start: the peer backs off, goes down, and the command is told. */
+function failStart (app: Awaited<ReturnType<typeof gateway>>, index: number, backoffMs: number): void {
+  const peer = app.upstreams.get('b').peers[index]
+  peer.setBackoff({ step: 1, until: Date.now() + backoffMs, reason: 'SPAWN_ERROR: b0', cause: 'program' })
+  peer.setProcess('down', 'SPAWN_ERROR')
+  app.upstreams.emit('command', { upstream: 'b', index, command: 'start', ok: false, fault: 'SPAWN_ERROR', reason: 'SPAWN_ERROR: b0', at: Date.now() })
+}
+
+for (const exposeErrors of [false, true]) {
+  t.test(`a failed start with no other candidate answers 502 with the code and the upstream${exposeErrors ? ', and the reason when errors are exposed' : ''}`, async t => {
+    const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { exposeErrors })
+    await listening(app)
+    t.teardown(() => app.close())
+    const upstream = app.upstreams.get('b')
+    upstream.startOnDemand()
+    let demands = 0
+    app.upstreams.on('demand', () => {
+      if (demands++ > 0) return
+      upstream.peers[0].setProcess('starting')
+      setTimeout(() => failStart(app, 0, 60_000), 20)
+    })
+    const res = await app.inject('/')
+    t.equal(res.statusCode, 502)
+    t.same(res.json(), {
+      statusCode: 502,
+      code: 'FST_SUPERVISORD_START_FAILED',
+      error: 'Bad Gateway',
+      message: exposeErrors ? 'Could not start a peer of upstream "b": SPAWN_ERROR: b0' : 'Upstream "b" could not serve the request (the reason is in the gateway\'s log)'
+    })
+    t.equal(demands, 1, 'nothing else to start: no second demand')
+  })
+}
+
+t.test('held requests stay held while the next candidate is started after a failed start', async t => {
+  const backend = await backendFor(t)
+  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }, { address: backend.address, down: true }] } })
   await listening(app)
   t.teardown(() => app.close())
   const upstream = app.upstreams.get('b')
   upstream.startOnDemand()
+  const asked: number[] = []
   app.upstreams.on('demand', () => {
-    setTimeout(() => app.upstreams.emit('command', {
-      upstream: 'b', index: 0, command: 'start', ok: false, fault: 'SPAWN_ERROR', reason: 'SPAWN_ERROR: b0', at: Date.now()
-    }), 20)
+    const peer = upstream.startCandidate()
+    if (peer === undefined) return
+    asked.push(peer.index)
+    peer.setProcess('starting')
+    setTimeout(() => peer.index === 0 ? failStart(app, 0, 60_000) : peer.setProcess('up'), 20)
   })
+  const responses = await Promise.all(Array.from({ length: 5 }, async () => await app.inject('/')))
+  t.same(responses.map(r => r.statusCode), [200, 200, 200, 200, 200])
+  t.same(asked, [0, 1], 'peer 0 failed, then peer 1 was asked for')
+  t.equal(backend.hits, 5)
+})
+
+t.test('every startable peer in back-off: 503 at once, Retry-After the time to the next try, counted as refused', async t => {
+  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }, { address: '127.0.0.1:2', down: true }] } }, { retryAfter: 5 })
+  await listening(app)
+  t.teardown(() => app.close())
+  const upstream = app.upstreams.get('b')
+  upstream.startOnDemand()
+  let demands = 0
+  app.upstreams.on('demand', () => demands++)
+  upstream.peers[0].setBackoff({ step: 1, until: Date.now() + 2500, reason: 'x', cause: 'program' })
+  upstream.peers[1].setBackoff({ step: 3, until: Date.now() + 8000, reason: 'x', cause: 'program' })
   const res = await app.inject('/')
-  t.equal(res.statusCode, 502)
-  t.equal(res.json().code, 'FST_SUPERVISORD_START_FAILED')
-  t.match(res.json().message, /SPAWN_ERROR: b0/)
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_SUPERVISORD_START_BACKOFF')
+  t.equal(res.headers['retry-after'], '3', 'the earliest back-off end, in seconds rounded up')
+  await app.inject('/')
+  t.equal(demands, 0, 'nothing was asked for')
+  t.equal(upstream.takeRefused(), 2)
+  upstream.peers[0].setBackoff(null)
+  app.upstreams.on('demand', () => upstream.peers[0].setProcess('starting'))
+  const held = app.inject('/')
+  t.ok(await until(() => demands === 1), 'out of back-off: held and asked for')
+  failStart(app, 0, 60_000)
+  t.equal((await held).statusCode, 502, 'that start failed too, and the other peer is still backing off: every candidate failed')
+})
+
+t.test('no peer that could be started (drained, maint): 503 at once, not held', async t => {
+  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }, { address: '127.0.0.1:2', down: true }] } }, { holdTimeout: 10_000 })
+  t.teardown(() => app.close())
+  const upstream = app.upstreams.get('b')
+  upstream.startOnDemand()
+  app.upstreams.setAdmin('b', 0, 'drain')
+  app.upstreams.setAdmin('b', 1, 'maint')
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_SUPERVISORD_NO_PEER')
+  t.equal(res.headers['retry-after'], '5')
 })
 
 t.test('a client that disconnects while held leaves the queue', async t => {

@@ -3,6 +3,8 @@ import t, { type Test } from 'tap'
 import registry, { type RegistryOptions } from '../plugins/registry.js'
 import supervisord, { type SupervisordBridgeOptions } from '../plugins/supervisord.js'
 import supervisordCommands, { supervisordRoutes, type SupervisordRoutesOptions } from '../routes/supervisord-routes.js'
+import proxy from '../plugins/proxy.js'
+import { backendFor } from './helpers/backends.js'
 import { getDirect, processes, serving, skip, supervisordFor } from './helpers/supervisord.js'
 import { until } from './helpers/wait.js'
 
@@ -97,12 +99,51 @@ t.test('the guard: a bearer token, and both when both are set', async t => {
 
 t.test('POST only by default, GET on request; the prefix can be changed', async t => {
   const postOnly = await routesApp(t)
-  t.equal((await postOnly.inject({ method: 'GET', url: '/_supervisord/start/0' })).statusCode, 404)
+  const get = await postOnly.inject({ method: 'GET', url: '/_supervisord/start/0' })
+  t.equal(get.statusCode, 405)
+  t.equal(get.headers.allow, 'POST')
   const both = await routesApp(t, { methods: ['GET', 'POST'], prefix: '/ops' })
   t.equal((await both.inject({ method: 'GET', url: '/ops/start/0' })).statusCode, 200)
   t.equal((await both.inject({ method: 'POST', url: '/ops/stop/0' })).statusCode, 200)
   t.equal((await both.inject({ method: 'GET', url: '/_supervisord/start/0' })).statusCode, 404)
+  t.equal((await both.inject({ method: 'PUT', url: '/ops/start/0' })).headers.allow, 'GET, POST')
   t.same(processes(both), ['down', 'down', 'down'])
+})
+
+t.test('nothing under the guarded prefix reaches a backend, even with a proxy at "/": 405, 400, 404, 403', async t => {
+  const backend = await backendFor(t)
+  const app = await routesApp(t, {}, {
+    backend: { servers: ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3'], supervisord: 'none' },
+    site: { servers: [backend.address] }
+  })
+  await app.register(proxy, { upstream: 'site' })
+  const status = async (method: string, url: string, remoteAddress = '127.0.0.1'): Promise<number> =>
+    (await app.inject({ method: method as 'GET', url, remoteAddress })).statusCode
+  t.equal(await status('GET', '/elsewhere'), 200, 'the proxy serves the rest of the site')
+  t.equal(backend.hits, 1)
+  const long = 'a'.repeat(101)
+  const cases: Array<[string, string, number]> = [
+    ['GET', '/_supervisord/start/0', 405],
+    ['HEAD', '/_supervisord/stop/0', 405],
+    ['DELETE', '/_supervisord/stop/any', 405],
+    ['GET', `/_supervisord/start/${long}`, 405],
+    ['POST', `/_supervisord/start/${long}`, 400],
+    ['POST', `/_supervisord/stop/${long}?wait=1`, 400],
+    ['POST', '/_supervisord/start/abc', 400],
+    ['POST', '/_supervisord/release/any', 400],
+    ['POST', '/_supervisord/start/7', 404],
+    ['GET', '/_supervisord', 404],
+    ['GET', '/_supervisord/', 404],
+    ['POST', '/_supervisord/restart/0', 404],
+    ['POST', '/_supervisord/start/0/more', 404],
+    ['GET', `/_supervisord/${long}/${long}`, 404]
+  ]
+  for (const [method, url, expected] of cases) {
+    t.equal(await status(method, url), expected, `${method} ${url.slice(0, 40)} from loopback`)
+    t.equal(await status(method, url, '192.0.2.7'), 403, `${method} ${url.slice(0, 40)} from outside`)
+  }
+  t.equal(backend.hits, 1, 'no request under the prefix was proxied')
+  t.same(processes(app), ['down', 'down', 'down'])
 })
 
 t.test('the guard covers only its own routes', async t => {

@@ -1,7 +1,7 @@
 import type http from 'node:http'
 import Fastify, { type FastifyHttpOptions, type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
-import { Agent } from 'undici'
+import { Agent, request } from 'undici'
 import registry, { type RegistryOptions } from '../../plugins/registry.js'
 import proxy, { type ProxyOptions } from '../../plugins/proxy.js'
 
@@ -52,4 +52,33 @@ export function clientFor (t: Test): Agent {
   const dispatcher = new Agent()
   t.teardown(async () => await dispatcher.destroy())
   return dispatcher
+}
+
+export interface LoadResult {
+  /** Every answer's status, in the order they came (-1: the request failed). */
+  statuses: number[]
+  /** Retry-After of each 503 answer. */
+  retryAfter: Array<string | undefined>
+}
+
+/**
+ * Bounded load: `clients` loops of GETs on `base` for `ms` (at most
+ * `max` requests in all), each waiting for its answer before the next.
+ */
+export async function loadFor (base: string, dispatcher: Agent, clients: number, ms: number, max = 100_000): Promise<LoadResult> {
+  const result: LoadResult = { statuses: [], retryAfter: [] }
+  const end = Date.now() + ms
+  await Promise.all(Array.from({ length: clients }, async () => {
+    while (Date.now() < end && result.statuses.length < max) {
+      try {
+        const res = await request(base, { dispatcher })
+        await res.body.text()
+        result.statuses.push(res.statusCode)
+        if (res.statusCode === 503) result.retryAfter.push(res.headers['retry-after'] as string | undefined)
+      } catch {
+        result.statuses.push(-1)
+      }
+    }
+  }))
+  return result
 }

@@ -1,6 +1,14 @@
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import type { Test } from 'tap'
-import type { FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
+import registry, { type RegistryOptions } from '../../plugins/registry.js'
+import supervisord, { type SupervisordBridgeOptions } from '../../plugins/supervisord.js'
+import proxy, { type ProxyOptions } from '../../plugins/proxy.js'
+import type { CommandEvent } from '../../lib/events.js'
+import type { PeerChange } from '../../lib/peer.js'
+import { loggerInto } from './gateway.js'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import type { SupervisordClient, SupervisordEndpoint } from '../../lib/supervisord-client.js'
@@ -33,6 +41,13 @@ export interface BackendProgram {
   address: string
 }
 
+/**
+ * A program that does not serve: `exit` exits at once (/bin/false: a crash
+ * at start, supervisord's SPAWN_ERROR), `missing` names a binary that does
+ * not exist (NO_FILE).
+ */
+export type ProgramFault = 'exit' | 'missing'
+
 export interface ProgramSet {
   /** Program name prefix (default 'backend'). */
   prefix?: string
@@ -43,12 +58,20 @@ export interface ProgramSet {
   healthPath?: string
   /** supervisord's startsecs (default 1). */
   startsecs?: number
+  /** ms after its start before the backend listens (a late-binding backend; default 0). */
+  listenAfterMs?: number
+  /** ms a backend keeps running (and serving) after SIGTERM (a slow stop; default 0). */
+  stopDelayMs?: number
+  /** Programs of this set, by index, that are broken instead of backends (their ports stay unused). */
+  faults?: Record<number, ProgramFault>
 }
 
 export interface SupervisordOptions {
   programs?: ProgramSet[]
   /** Names of programs that exit at once (supervisord reports SPAWN_ERROR). */
   broken?: string[]
+  /** supervisord's own password (default PASSWORD): the option handed to the gateway keeps PASSWORD, so a different one is a wrong password. */
+  password?: string
 }
 
 export interface Supervisord {
@@ -80,6 +103,8 @@ import { unlinkSync, writeFileSync } from 'node:fs'
 const [index, port, pidFile] = process.argv.slice(2)
 const slowMs = Number(process.env.SLOW_MS ?? 0)
 const healthPath = process.env.HEALTH_PATH ?? ''
+const listenAfterMs = Number(process.env.LISTEN_AFTER_MS ?? 0)
+const stopDelayMs = Number(process.env.STOP_DELAY_MS ?? 0)
 writeFileSync(pidFile, String(process.pid))
 // Gone with the process, so that a stale pid is never killed later.
 process.on('exit', () => { try { unlinkSync(pidFile) } catch {} })
@@ -91,8 +116,8 @@ const server = http.createServer((req, res) => {
   }, slowMs)
 })
 server.keepAliveTimeout = 500
-server.listen(Number(port), '127.0.0.1')
-process.on('SIGTERM', () => { server.close(); server.closeAllConnections(); process.exit(0) })
+setTimeout(() => server.listen(Number(port), '127.0.0.1'), listenAfterMs)
+process.on('SIGTERM', () => setTimeout(() => { server.close(); server.closeAllConnections(); process.exit(0) }, stopDelayMs))
 // Never outlive a crashed test run by much.
 setTimeout(() => process.exit(0), 120_000).unref()
 `
@@ -107,9 +132,17 @@ async function programsOf (dir: string, options: SupervisordOptions): Promise<{ 
       const name = `${set.prefix ?? 'backend'}${index}`
       const backendPort = await freePort()
       programs.push({ name, index, port: backendPort, address: `127.0.0.1:${backendPort}` })
-      const environment = [`SLOW_MS="${set.slowMs ?? 0}"`, `HEALTH_PATH="${set.healthPath ?? ''}"`].join(',')
+      const fault = set.faults?.[index]
+      if (fault !== undefined) {
+        configs.push({ name, command: fault === 'exit' ? '/bin/false' : path.join(dir, 'no-such-binary') })
+        continue
+      }
+      const environment = [`SLOW_MS="${set.slowMs ?? 0}"`, `HEALTH_PATH="${set.healthPath ?? ''}"`,
+        `LISTEN_AFTER_MS="${set.listenAfterMs ?? 0}"`, `STOP_DELAY_MS="${set.stopDelayMs ?? 0}"`].join(',')
       const command = `${process.execPath} ${script} ${index} ${backendPort} ${path.join(dir, `${name}.pid`)}`
-      configs.push({ name, command, startsecs: set.startsecs ?? 1, extra: { environment } })
+      // A slow stop needs supervisord to wait longer than its default before SIGKILL.
+      const extra = { environment, ...(set.stopDelayMs === undefined ? {} : { stopwaitsecs: Math.ceil(set.stopDelayMs / 1000) + 5 }) }
+      configs.push({ name, command, startsecs: set.startsecs ?? 1, extra })
     }
   }
   for (const name of options.broken ?? []) configs.push({ name, command: '/bin/false' })
@@ -142,7 +175,7 @@ async function launch (dir: string, options: SupervisordOptions, attempt = 1): P
   const { configs, programs } = await programsOf(dir, options)
   let daemon
   try {
-    daemon = await startDaemon({ dir, port, username: USERNAME, password: PASSWORD, programs: configs })
+    daemon = await startDaemon({ dir, port, username: USERNAME, password: options.password ?? PASSWORD, programs: configs })
   } catch (error) {
     // The free port may have been taken between the probe and supervisord's bind.
     if (attempt < 3 && /Address already in use|Another program/.test(String(error))) return await launch(dir, options, attempt + 1)
@@ -219,4 +252,72 @@ export async function serving (address: string, ms = 3000): Promise<{ status: nu
     last = await getDirect(address)
   }
   return last
+}
+
+export interface RpcCounter {
+  /** `127.0.0.1:port` of the counter, for an upstream's `supervisord` option. */
+  address: string
+  /** The XML-RPC methods called through it, in order (`supervisor.startProcess`, ...). */
+  calls: string[]
+}
+
+/**
+ * A tiny HTTP proxy in front of a supervisord that records every XML-RPC
+ * method called through it: the number of calls a gateway makes is counted
+ * where they arrive, not in the gateway. Closed in the test's teardown.
+ */
+export async function rpcCounter (t: Test, sv: Supervisord): Promise<RpcCounter> {
+  const calls: string[] = []
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = []
+    req.on('data', (chunk: Buffer) => chunks.push(chunk))
+    req.on('end', () => {
+      const body = Buffer.concat(chunks)
+      calls.push(/<methodName>([^<]*)<\/methodName>/.exec(body.toString())?.[1] ?? '?')
+      const upstream = http.request({ host: '127.0.0.1', port: sv.port, method: req.method, path: req.url, headers: req.headers }, answer => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers)
+        answer.pipe(res)
+      })
+      upstream.on('error', () => res.destroy())
+      upstream.end(body)
+    })
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    server.closeAllConnections()
+    await new Promise(resolve => server.close(resolve))
+  })
+  return { address: `127.0.0.1:${(server.address() as AddressInfo).port}`, calls }
+}
+
+export interface LogLine { level: number, msg: string, fault?: string, program?: string, [key: string]: unknown }
+
+export interface BridgeApp {
+  app: FastifyInstance
+  /** Log lines at `logLevel` (default warn) and above, parsed. */
+  logs: LogLine[]
+  commands: CommandEvent[]
+  changes: PeerChange[]
+}
+
+/** The registry and the bridge (polling off unless asked), with logs and registry events recorded; closed in the teardown. */
+export async function bridgeApp (t: Test, upstreams: RegistryOptions['upstreams'], options: SupervisordBridgeOptions = {}, logLevel = 'warn'): Promise<BridgeApp> {
+  const logs: LogLine[] = []
+  const app = Fastify({ logger: loggerInto(logs, logLevel) })
+  await app.register(registry, { upstreams })
+  await app.register(supervisord, { pollInterval: 0, ...options })
+  t.teardown(() => app.close())
+  const commands: CommandEvent[] = []
+  const changes: PeerChange[] = []
+  app.upstreams.on('command', event => commands.push(event))
+  app.upstreams.on('change', change => changes.push(change))
+  return { app, logs, commands, changes }
+}
+
+/** The bridge with the proxy in front of the first upstream (holdTimeout 5000 unless told). */
+export async function proxyApp (t: Test, upstreams: RegistryOptions['upstreams'], options: SupervisordBridgeOptions = {},
+  proxyOptions: Partial<ProxyOptions> = {}): Promise<BridgeApp> {
+  const app = await bridgeApp(t, upstreams, options)
+  await app.app.register(proxy, { upstream: Object.keys(upstreams)[0], holdTimeout: 5000, ...proxyOptions })
+  return app
 }

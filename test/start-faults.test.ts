@@ -1,0 +1,177 @@
+import { readFile } from 'node:fs/promises'
+import path from 'node:path'
+import t from 'tap'
+import { supervisordRoutes } from '../routes/supervisord-routes.js'
+import { clientFor, listening, loadFor } from './helpers/gateway.js'
+import { bridgeApp, getDirect, processes, proxyApp, rpcCounter, serving, skip, supervisordFor } from './helpers/supervisord.js'
+import { until } from './helpers/wait.js'
+
+// The faults of on-demand start, each against a real supervisord: a broken
+// program, a drained peer, a wrong password, a missing binary, a program that
+// exits at once, a backend that binds late, a start by someone else, a stop
+// that outlasts its call, supervisord killed under load.
+
+/** Count of `supervisor.<method>` calls recorded. */
+const callsOf = (calls: string[], method: string): number => calls.filter(call => call === `supervisor.${method}`).length
+
+t.test('start faults with a real supervisord', { skip, jobs: 3 }, async t => {
+  t.test('a broken backend0 and a good backend1: held requests are served by backend1, backend0 is tried once', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 2, faults: { 0: 'exit' } }] })
+    const counter = await rpcCounter(t, sv)
+    const { app, commands, logs } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: { ...sv.option, address: counter.address } } },
+      {}, { holdTimeout: 15_000 })
+    await app.ready()
+    const responses = await Promise.all(Array.from({ length: 20 }, async () => await app.inject('/')))
+    t.same(responses.map(r => r.statusCode), Array(20).fill(200), 'every held request served')
+    t.ok(responses.every(r => r.body === '{"backend":1}'), 'by backend1')
+    t.match(commands, [{ index: 0, command: 'start', ok: false, fault: 'SPAWN_ERROR' }, { index: 1, command: 'start', ok: true }])
+    t.same(counter.calls.filter(c => c === 'supervisor.startProcess').length, 2, 'one start of each program')
+    const peers = app.upstreams.get('backend').peers
+    t.match(peers[0].backoff, { step: 1, cause: 'program', reason: /SPAWN_ERROR/ }, 'backend0 is in back-off, visible on its peer')
+    t.equal(peers[1].backoff, null)
+    t.match(logs, [{ level: 50, program: 'backend0', fault: 'SPAWN_ERROR', backoffMs: 1000, step: 1 }], 'one log line for the failed start')
+  })
+
+  t.test('a drained peer is never started on demand: the next ready one is', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 3 }] })
+    const { app } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
+    await app.ready()
+    app.upstreams.setAdmin('backend', 0, 'drain')
+    app.upstreams.setAdmin('backend', 1, 'maint')
+    const res = await app.inject('/')
+    t.equal(res.statusCode, 200)
+    t.equal(res.body, '{"backend":2}')
+    t.same(processes(app), ['down', 'down', 'up'])
+    t.equal(await sv.statename('backend0'), 'STOPPED')
+    t.equal(await sv.statename('backend1'), 'STOPPED')
+  })
+
+  t.test('a wrong password under load: a handful of supervisord calls and log lines, 503s with Retry-After', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 3 }], password: 'not-the-one-the-gateway-has' })
+    const counter = await rpcCounter(t, sv)
+    const { app, logs, changes } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: { ...sv.option, address: counter.address } } })
+    const base = await listening(app)
+    const dispatcher = clientFor(t)
+    const { statuses, retryAfter } = await loadFor(base, dispatcher, 4, 3000)
+    const warned = logs.filter(line => line.level >= 40)
+    t.ok(statuses.length > 20, `the clients were answered fast (${statuses.length} answers)`)
+    t.ok(statuses.every(s => s === 502 || s === 503), 'only 502 (a start failed) and 503 (back-off)')
+    t.ok(retryAfter.length > 0 && retryAfter.every(value => Number(value) >= 1 && Number(value) <= 60), `503s carry the back-off's Retry-After (${[...new Set(retryAfter)].join(', ')})`)
+    t.ok(counter.calls.length <= 5, `at most 5 supervisord calls in 3 s (${counter.calls.join(', ')})`)
+    t.ok(warned.length <= 10, `at most 10 log lines at warn or above (${warned.length})`)
+    t.match(warned.find(line => line.fault === 'UNAUTHORIZED' && line.level === 50), { msg: /rejected the credentials.*no start of any program of supervisord/, backoffMs: 1000 })
+    t.notMatch(JSON.stringify(logs), /not-the-one|admin:super|"password"|authorization/i, 'no password in the log')
+    t.ok(changes.some(c => c.field === 'backoff' && c.index === 2 && c.to === 1), 'every program of that supervisord backs off, and it is announced')
+  })
+
+  for (const fault of ['missing', 'exit'] as const) {
+    t.test(`${fault === 'missing' ? 'a missing binary' : 'a program that exits at once'} under load: starts bounded by the back-off`, async t => {
+      const sv = await supervisordFor(t, { programs: [{ count: 2, faults: { 0: fault, 1: fault } }] })
+      const counter = await rpcCounter(t, sv)
+      const { app, logs } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: { ...sv.option, address: counter.address } } })
+      const base = await listening(app)
+      const { statuses } = await loadFor(base, clientFor(t), 4, 3000)
+      const starts = callsOf(counter.calls, 'startProcess')
+      t.ok(starts >= 2, `each program was tried (${starts} starts)`)
+      // 1 s, then 2 s: at most three steps per program in 3 s.
+      t.ok(starts <= 6, `at most 3 starts per program in 3 s (${starts})`)
+      t.ok(statuses.every(s => s === 502 || s === 503), 'answered 502/503, never held for holdTimeout')
+      const spawned = (await readFile(path.join(sv.dir, 'supervisord.log'), 'utf8')).match(/spawned: /g)?.length ?? 0
+      t.ok(spawned <= 6, `supervisord spawned at most 6 processes (${spawned})`)
+      t.ok(logs.filter(line => line.level >= 40).length <= starts + 1, 'one log line per failed start')
+    })
+  }
+
+  t.test('a backend that listens 2.5 s after its start: held requests wait for it, none gets 502', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 1, listenAfterMs: 2500, startsecs: 1 }] })
+    const { app, changes } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, {}, { holdTimeout: 15_000 })
+    await app.ready()
+    const responses = await Promise.all(Array.from({ length: 20 }, async () => await app.inject('/')))
+    t.same(responses.map(r => r.statusCode), Array(20).fill(200))
+    const up = changes.find(c => c.field === 'process' && c.to === 'up')
+    const asked = changes.find(c => c.field === 'process' && c.to === 'starting')
+    t.ok(up !== undefined && asked !== undefined && up.at - asked.at >= 2000, 'up only once it listened, not at RUNNING (1 s)')
+  })
+
+  t.test('ALREADY_STARTED while supervisord says STARTING is a start under way: waited for until RUNNING', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 1, startsecs: 3 }] })
+    const { app } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
+    await app.ready()
+    // Another gateway, or supervisorctl, starts it first.
+    await sv.client.startProcess('backend0', false)
+    const result = await app.supervisord.execute('backend', 'start', 0, { wait: true })
+    t.match(result, { ok: true, state: 'up', reason: /ALREADY_STARTED/ })
+    t.equal(await sv.statename('backend0'), 'RUNNING', 'not up before supervisord said RUNNING')
+    t.equal((await app.inject('/')).statusCode, 200)
+  })
+
+  t.test('the first GET after the last running backend died is held while it is started again', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 1 }] })
+    const { app } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, {}, { holdTimeout: 15_000 })
+    await app.ready()
+    t.equal((await app.inject('/')).statusCode, 200)
+    const [pid] = await sv.backendPids()
+    process.kill(pid, 'SIGKILL')
+    t.ok(await until(async () => 'error' in await getDirect(sv.programs[0].address), 3000), 'backend0 is gone, and no poll told the gateway')
+    const res = await app.inject('/')
+    t.equal(res.statusCode, 200, `held, not ${res.statusCode}: ${res.body}`)
+    t.equal(res.body, '{"backend":0}')
+    t.not((await sv.backendPids())[0], pid, 'served by a new process')
+  })
+
+  t.test('a stop that outlasts callTimeout keeps the peer out (stopping) until supervisord\'s state is read again', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 2, stopDelayMs: 3000, startsecs: 0 }] })
+    const { app, logs } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { callTimeout: 1500, pollInterval: 500 })
+    await app.ready()
+    const peers = app.upstreams.get('backend').peers
+    await app.supervisord.execute('backend', 'start', 0, { wait: true })
+    await app.supervisord.execute('backend', 'start', 1, { wait: true })
+    const stop = await app.supervisord.execute('backend', 'stop', 1, { wait: true })
+    t.match(stop, { ok: false, fault: 'TIMEOUT', state: 'stopping' })
+    t.match(logs, [{ level: 50, fault: 'TIMEOUT', program: 'backend1' }])
+    t.same(await serving(sv.programs[1].address), { status: 200, body: '{"backend":1}' }, 'backend1 still serves: supervisord is still stopping it')
+    t.notOk(peers[1].routable, 'but it is out of rotation')
+    const served = await Promise.all(Array.from({ length: 10 }, async () => (await app.inject('/')).body))
+    t.same(served, Array(10).fill('{"backend":0}'), 'every request went to backend0')
+    t.ok(await until(() => peers[1].process === 'down', 8000), 'down once a read says STOPPED')
+    t.equal(await sv.statename('backend1'), 'STOPPED')
+  })
+
+  t.test('supervisord SIGKILLed under load: running peers keep serving, commands fail 503 with the reason in the log', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 2 }] })
+    const { app, logs } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { pollInterval: 200 })
+    await app.register(supervisordRoutes, { upstream: 'backend' })
+    const base = await listening(app)
+    await app.supervisord.execute('backend', 'start', 0, { wait: true })
+    const load = loadFor(base, clientFor(t), 4, 2500)
+    await new Promise(resolve => setTimeout(resolve, 500))
+    process.kill(sv.pid, 'SIGKILL')
+    t.ok(await until(async () => 'error' in await getDirect(`127.0.0.1:${sv.port}`), 3000), 'supervisord is gone')
+    const command = await app.inject({ method: 'POST', url: '/_supervisord/start/1?wait=1' })
+    const { statuses } = await load
+    t.equal(command.statusCode, 503)
+    t.equal(command.json().code, 'FST_SUPERVISORD_UNAVAILABLE')
+    t.ok(logs.some(line => line.level >= 50 && line.program === 'backend1' && /unreachable \(ECONNREFUSED\)/.test(line.msg)), 'the reason is in the log')
+    t.ok(statuses.length > 20 && statuses.every(s => s === 200), `every request under load was served (${statuses.filter(s => s !== 200).length} of ${statuses.length} not)`)
+    t.equal(processes(app)[0], 'up', 'failed polls changed nothing')
+  })
+})
+
+t.test('an operator\'s start pins the peer: the scaler leaves it alone until it is released', async t => {
+  const scaler = (await import('../plugins/scaler.js')).default
+  const { app, changes } = await bridgeApp(t, {
+    backend: { servers: ['127.0.0.1:1', '127.0.0.1:2'], supervisord: 'none', scale: { window: 100, loadThreshold: 1e9 } }
+  }, {}, 'info')
+  await app.register(scaler)
+  await app.register(supervisordRoutes, { upstream: 'backend' })
+  await app.ready()
+  const peer = app.upstreams.get('backend').peers[1]
+  t.equal((await app.inject({ method: 'POST', url: '/_supervisord/start/1' })).statusCode, 200)
+  t.equal(peer.pin, 'up')
+  t.match(changes.find(c => c.field === 'pin'), { index: 1, from: 'none', to: 'up', reason: 'operator start' }, 'the pin is announced')
+  await new Promise(resolve => setTimeout(resolve, 600))
+  t.equal(peer.process, 'up', 'six idle windows: not stopped')
+  const released = await app.inject({ method: 'POST', url: '/_supervisord/release/1' })
+  t.same(released.json(), { upstream: 'backend', backend: 1, pin: 'none' })
+  t.ok(await until(() => peer.process === 'down', 2000), 'released: the next idle window stops it')
+})
