@@ -26,7 +26,6 @@ function shownAddress (address: unknown): string {
   let first = address.trim().split(/\s+/)[0] ?? ''
   const at = first.lastIndexOf('@')
   if (at !== -1) first = `***@${first.slice(at + 1)}`
-  if (first.startsWith('unix:')) return showValue(/[:@]/.test(first.slice(5)) ? 'unix:***' : first)
   const v6 = /^\[[0-9a-fA-F:.]*\]/.exec(first)?.[0] ?? ''
   const [host, ...rest] = first.slice(v6.length).split(':')
   return showValue([v6 + host, ...rest.map(part => /^\d*$/.test(part) ? part : '***')].join(':'))
@@ -70,7 +69,7 @@ export function parseSupervisord (option: string | SupervisordOptions, where: st
   }
   if (address.startsWith('unix:')) {
     const path = address.slice(5)
-    if (!path.startsWith('/')) throw optionError(where, `option "supervisord" unix socket path must be absolute, got ${shownAddress(address)}`)
+    if (!path.startsWith('/')) throw optionError(where, 'option "supervisord" unix socket path must be absolute ("unix:/path/to.sock")')
     return { kind: 'unix', path, username, password }
   }
   const parts = splitHostPort(address)

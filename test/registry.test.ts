@@ -115,3 +115,82 @@ t.test('the plugin decorates the instance, rejects unread sections, and clears t
   await typo.register(registry, { upstreams: { a: { servers: ['127.0.0.1:1'], healthcheck: {} } as never } })
   await t.rejects(async () => { await typo.ready() }, /no registered plugin reads upstream "a": option "healthcheck"/)
 })
+
+t.test('a listener that throws is logged and skipped: the change stands, the listeners after it are told, the writer never sees it', async t => {
+  const logged: Array<{ details: object, message: string }> = []
+  const r = new Registry({ upstreams: { a: { servers: ['127.0.0.1:1'] } } }, { error: (details, message) => logged.push({ details, message }) })
+  const after: PeerChange[] = []
+  r.on('change', () => { throw new Error('listener bug') })
+  r.on('change', change => after.push(change))
+  t.doesNotThrow(() => r.setAdmin('a', 0, 'drain'), 'setAdmin does not throw')
+  t.equal(r.get('a').peers[0].admin, 'drain', 'the change stands')
+  t.match(after, [{ field: 'admin', to: 'drain' }], 'the next listener was told')
+  t.match(logged, [{ message: 'fastify-supervisord: a registry "change" listener threw', details: { event: 'change', err: { message: 'listener bug' } } }])
+  let once = 0
+  r.once('demand', () => once++)
+  r.get('a').demand()
+  r.get('a').demand()
+  t.equal(once, 1, 'once listeners still run once')
+})
+
+t.test('a peer\'s whenIdle resolves when in-flight reaches 0, at once when idle, and on abort', async t => {
+  const peer = new Registry({ upstreams: { a: { servers: ['127.0.0.1:1'] } } }).get('a').peers[0]
+  await peer.whenIdle()
+  peer.acquire()
+  peer.acquire()
+  let idle = false
+  const waiting = peer.whenIdle().then(() => { idle = true })
+  peer.release()
+  await sleep(10)
+  t.equal(idle, false, 'one still in flight')
+  peer.release()
+  await waiting
+  t.equal(idle, true, 'resolved by the last release, no timer')
+  peer.acquire()
+  const controller = new AbortController()
+  const aborted = peer.whenIdle(controller.signal)
+  controller.abort()
+  await aborted
+  t.equal(peer.inflight, 1, 'an abort ends the wait, the request is still in flight')
+  peer.release()
+})
+
+t.test('one start rule and one stop rule: primaries first by index, ready, out of back-off; pins for the scaler; never the last running', async t => {
+  const r = new Registry({
+    upstreams: {
+      a: { servers: [{ address: '127.0.0.1:1', down: true }, { address: '127.0.0.1:2', down: true, backup: true }, { address: '127.0.0.1:3', down: true }, { address: '127.0.0.1:4', down: true }] }
+    }
+  })
+  const upstream = r.get('a')
+  const [p0, backup, p2, p3] = upstream.peers
+  const start = (skipPinned = false): number | undefined => upstream.startCandidate({ skipPinned })?.index
+  t.equal(start(), 0)
+  r.setAdmin('a', 0, 'drain')
+  t.equal(start(), 2, 'a drained peer is not started')
+  p2.setBackoff({ step: 1, until: Date.now() + 60_000, reason: 'SPAWN_ERROR', cause: 'program' })
+  t.equal(start(), 3, 'nor one in back-off')
+  t.equal(upstream.startCandidate({ now: Date.now() + 61_000 })?.index, 2, 'until it ends')
+  p3.setPin('down', 'operator stop')
+  t.equal(start(), 3, 'demand and operators start a pinned peer')
+  t.equal(start(true), 1, 'the scaler does not; backups come after every primary')
+  t.same(upstream.startOutlook(), { state: 'startable', peer: p3 })
+  p3.setProcess('starting')
+  t.same(upstream.startOutlook(), { state: 'starting' })
+  p3.setProcess('down')
+  r.setAdmin('a', 3, 'maint')
+  backup.setBackoff({ step: 2, until: Date.now() + 30_000, reason: 'x', cause: 'program' })
+  t.same(upstream.startOutlook(), { state: 'backoff', retryAt: backup.backoff?.until }, 'the earliest end of a back-off')
+
+  for (const peer of [p0, backup, p2]) peer.setProcess('up')
+  t.equal(upstream.stopCandidate()?.index, 1, 'the last in start order: the backup')
+  backup.setPin('up', 'operator start')
+  t.equal(upstream.stopCandidate({ skipPinned: true })?.index, 2, 'the scaler leaves the pinned one')
+  p2.setProcess('down')
+  backup.setProcess('down')
+  t.equal(upstream.stopCandidate(), undefined, 'never the last one running')
+  t.equal(upstream.stopCandidate({ keep: 0 })?.index, 0, 'unless asked to keep none (the scaler with minRunning 0)')
+  r.setAdmin('a', 0, 'ready')
+  p0.recordFailure('ECONNREFUSED')
+  p0.dispose()
+  t.same(upstream.startOutlook(), { state: 'recovering' }, 'a peer that runs but is out may come back')
+})

@@ -14,7 +14,7 @@ import { browserSkip, launchBrowser } from './helpers/browser.js'
 // Runs inside the page (tsconfig has no DOM lib).
 declare function getComputedStyle (element: unknown): { backgroundColor: string, color: string, fill: string }
 
-const CSV_HEADER = 'upstream,index,address,program,pid,process,admin,health,passive,routable,inflight,requests,fails,rise,fall,last_ok,last_reason,last_latency_ms,last_age_ms'
+const CSV_HEADER = 'upstream,index,address,program,pid,process,admin,health,passive,routable,inflight,requests,fails,rise,fall,last_ok,last_reason,last_latency_ms,last_age_ms,pin,backoff_step,backoff_retry_ms'
 const NASTY_REASON = 'bad status 503, "Service Unavailable"'
 const SCRIPT_REASON = '<script>alert("x")</script> & more'
 
@@ -47,11 +47,13 @@ function populate (app: FastifyInstance, now = Date.now()): void {
   up.release()
 
   down.setProcess('down', 'exited')
+  down.setBackoff({ step: 2, until: now + 4000, reason: 'supervisord rejected the credentials (HTTP 401, user "admin")', cause: 'supervisord' })
   down.setHealth('unhealthy')
   for (const result of [check(true, 'OK', 2, now - 4000), check(false, 'connection refused', 0.4, now - 3000),
     check(false, SCRIPT_REASON, 2000, now - 2000), check(false, NASTY_REASON, 12.345, now - 300)]) down.recordCheck(result, 32)
 
   drained.setAdmin('drain')
+  drained.setPin('up', 'operator start')
   const [api0, api1] = app.upstreams.get('api').peers
   api0.setPid(77)
   api1.recordFailure('ECONNRESET')
@@ -96,6 +98,8 @@ t.test('snapshot: the stable JSON shape, from the registry', async t => {
     pid: 4242,
     process: 'up',
     admin: 'ready',
+    pin: 'none',
+    backoff: null,
     health: 'healthy',
     passive: 'ok',
     routable: true,
@@ -111,7 +115,8 @@ t.test('snapshot: the stable JSON shape, from the registry', async t => {
   })
   t.strictSame(down.lastCheck, { ok: false, reason: NASTY_REASON, latencyMs: 12.3, ageMs: 300 }, 'latency rounded to 0.1 ms')
   t.match(down, { process: 'down', health: 'unhealthy', routable: false, fall: 3, pid: null })
-  t.match(drained, { admin: 'drain', routable: false, weight: 3, backup: true, lastCheck: null, checks: [] })
+  t.strictSame(down.backoff, { step: 2, retryInMs: 4000 }, 'the back-off without its reason (it may name supervisord\'s user)')
+  t.match(drained, { admin: 'drain', pin: 'up', routable: false, weight: 3, backup: true, lastCheck: null, checks: [] })
   t.match(snapshot.upstreams[1].peers, [{ address: '[::1]:9000', program: 'apiprog0', pid: 77 }, { program: 'apiprog1', passive: 'failed', fails: 1 }])
 })
 
@@ -221,16 +226,16 @@ t.test('CSV: header, one row per peer, RFC 4180 quoting', async t => {
   t.equal(lines.pop(), '', 'every row ends with CRLF')
   t.equal(lines[0], CSV_HEADER)
   t.equal(lines.length, 1 + 6)
-  const age = (line: string) => line.replace(/,\d+$/, ',AGE')
-  t.equal(age(lines[1]), 'backend,0,127.0.0.1:8000,backend0,4242,up,ready,healthy,ok,true,1,2,0,5,0,true,OK,9,AGE')
-  t.equal(age(lines[2]), 'backend,1,127.0.0.1:8001,backend1,,down,ready,unhealthy,ok,false,0,0,0,0,3,false,"bad status 503, ""Service Unavailable""",12.3,AGE')
-  t.equal(lines[3], 'backend,2,127.0.0.1:8002,backend2,,up,drain,unknown,ok,false,0,0,0,0,0,,,,', 'no check yet: empty fields')
+  const age = (line: string) => line.replace(/,\d+,(none|up|down),(\d+),\d*$/, (_, pin: string, step: string) => `,AGE,${pin},${step},${step === '0' ? '' : 'RETRY'}`)
+  t.equal(age(lines[1]), 'backend,0,127.0.0.1:8000,backend0,4242,up,ready,healthy,ok,true,1,2,0,5,0,true,OK,9,AGE,none,0,')
+  t.equal(age(lines[2]), 'backend,1,127.0.0.1:8001,backend1,,down,ready,unhealthy,ok,false,0,0,0,0,3,false,"bad status 503, ""Service Unavailable""",12.3,AGE,none,2,RETRY')
+  t.equal(lines[3], 'backend,2,127.0.0.1:8002,backend2,,up,drain,unknown,ok,false,0,0,0,0,0,,,,,up,0,', 'no check yet: empty fields')
   t.equal(lines[4].split(',').slice(0, 4).join(','), 'api,0,[::1]:9000,apiprog0')
 
   const lineBreak = statusCsv({
     upstreams: [{ name: 'x', balancer: 'b', supervisord: 'none', summary: { routable: 0, total: 1 }, peers: [{ ...snapshotPeer(), lastCheck: { ok: false, reason: 'line\r\nbreak', latencyMs: 1, ageMs: 2 } }] }]
   })
-  t.match(lineBreak, /,"line\r\nbreak",1,2\r\n$/, 'a line break is quoted')
+  t.match(lineBreak, /,"line\r\nbreak",1,2,none,0,\r\n$/, 'a line break is quoted')
 })
 
 function snapshotPeer (): StatusSnapshot['upstreams'][number]['peers'][number] {
@@ -241,6 +246,8 @@ function snapshotPeer (): StatusSnapshot['upstreams'][number]['peers'][number] {
     pid: null,
     process: 'up',
     admin: 'ready',
+    pin: 'none',
+    backoff: null,
     health: 'unknown',
     passive: 'ok',
     routable: true,
@@ -377,4 +384,13 @@ t.test('in a real headless Chromium', { skip: browserSkip() }, async t => {
     const reload = await page.waitForRequest(request => request.url().endsWith('/health?status=up'), { timeout: 5000 })
     t.equal(reload.url(), `${origin}/health?status=up`, 'reloaded, filter kept')
   })
+})
+
+t.test('HTML: a pinned peer and one in start back-off are marked', async t => {
+  const app = await build(t)
+  populate(app)
+  const body = (await get(app, '/health', 'text/html')).body
+  t.match(body, /<span class="tag under" title="pinned up by an operator's start: the scaler leaves it alone until released">pinned<\/span>/)
+  t.match(body, /<span class="tag under bad" title="start back-off: 2 failed starts in a row, next try in \d\.\d s">retry \d\.\d s<\/span>/)
+  t.notMatch(body, /rejected the credentials/, 'not the reason: it may name supervisord\'s user')
 })

@@ -22,7 +22,10 @@ t.test('options are checked at registration, naming upstream and option', async 
     [{ b: { servers: ['127.0.0.1:1'], supervisordName: 'x' } }, {}, /upstream "b": option "supervisordName" is only read together with option "supervisord"/],
     [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none' } }, { pollIntervall: 5 } as never, /supervisord: unknown option "pollIntervall"/],
     [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none' } }, { callTimeout: 0 }, /supervisord: option "callTimeout" must be a number from 1/],
-    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none' } }, { antiFlap: -1 }, /supervisord: option "antiFlap" must be a number from 0/]
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none' } }, { antiFlap: -1 }, /supervisord: option "antiFlap" must be a number from 0/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none' } }, { readyTimeout: 0 }, /supervisord: option "readyTimeout" must be a number from 1/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none' } }, { startBackoff: { initial: 5000, max: 1000 } }, /option "startBackoff.max" \(1000\) must not be below "startBackoff.initial" \(5000\)/],
+    [{ b: { servers: ['127.0.0.1:1'], supervisord: 'none' } }, { startBackoff: { inital: 5 } } as never, /unknown option "startBackoff.inital"/]
   ]
   for (const [upstreams, options, message] of cases) {
     const app = Fastify({ logger: false })
@@ -30,6 +33,50 @@ t.test('options are checked at registration, naming upstream and option', async 
     await t.rejects(async () => { await app.register(supervisord, options) }, message)
     await app.close()
   }
+})
+
+t.test('no error thrown at registration shows a password, whatever the supervisord option\'s shape', async t => {
+  const secret = 'Sup3rSecretPw'
+  const shapes: unknown[] = [
+    `127.0.0.1:9001 admin:${secret} extra`,
+    `admin:${secret} 127.0.0.1:9001`,
+    `admin:${secret}@127.0.0.1:9001`,
+    `http://admin:${secret}@127.0.0.1:9001`,
+    `127.0.0.1:9001:${secret}`,
+    `unix:relative/${secret}.sock admin:x`,
+    `nowhere admin:${secret}`,
+    `none admin:${secret}`,
+    `127.0.0.1:9001 ${secret}`,
+    { address: 9001, username: 'admin', password: secret },
+    { address: `admin:${secret}`, username: 'admin', password: secret },
+    { address: '127.0.0.1:9001', username: 'admin', pass: secret },
+    { address: '127.0.0.1:9001', username: 7, password: secret },
+    { address: '127.0.0.1:9001', password: secret },
+    [`127.0.0.1:9001`, secret],
+    { username: 'admin', password: secret }
+  ]
+  for (const shape of shapes) {
+    const app = Fastify({ logger: false })
+    await app.register(registry, { upstreams: { b: { servers: ['127.0.0.1:1'], supervisord: shape as never } } })
+    const error = await app.register(supervisord).then(() => undefined, (error: Error) => error)
+    t.ok(error !== undefined, `refused: ${JSON.stringify(shape).replaceAll(secret, '***')}`)
+    const seen = `${error?.message} ${error?.stack} ${JSON.stringify(error)}`
+    t.notOk(seen.includes(secret), `no password in: ${error?.message.replaceAll(secret, '***')}`)
+    await app.close().catch(() => {})
+  }
+})
+
+t.test('none mode warns at registration when every peer starts down (requests are never held there)', async t => {
+  const { logs } = await bridgeApp(t, {
+    cold: { servers: ['127.0.0.1:1', '127.0.0.1:2'], supervisord: 'none' },
+    allDown: { servers: [{ address: '127.0.0.1:3', down: true }], supervisord: 'none', inheritBackendStatus: true },
+    warm: { servers: ['127.0.0.1:4', { address: '127.0.0.1:5', down: true }], supervisord: 'none', inheritBackendStatus: true }
+  })
+  t.match(logs, [
+    { level: 40, upstream: 'cold', msg: /upstream "cold" is supervisord "none" and every peer starts down.*set inheritBackendStatus/ },
+    { level: 40, upstream: 'allDown' }
+  ])
+  t.equal(logs.length, 2, 'not for an upstream with a peer in rotation')
 })
 
 t.test('the sections are claimed, so the registry does not call them typos', async t => {

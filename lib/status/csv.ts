@@ -18,7 +18,10 @@ const CSV_COLUMNS: Array<[string, (peer: PeerStatus) => unknown]> = [
   ['last_ok', p => p.lastCheck?.ok],
   ['last_reason', p => p.lastCheck?.reason],
   ['last_latency_ms', p => p.lastCheck?.latencyMs],
-  ['last_age_ms', p => p.lastCheck?.ageMs]
+  ['last_age_ms', p => p.lastCheck?.ageMs],
+  ['pin', p => p.pin],
+  ['backoff_step', p => p.backoff?.step ?? 0],
+  ['backoff_retry_ms', p => p.backoff?.retryInMs]
 ]
 
 /** RFC 4180: a field holding a comma, quote or line break is quoted, its quotes doubled; null is empty. */

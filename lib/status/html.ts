@@ -72,6 +72,7 @@ tr.peer.down .state { color: #cf222e; }
 .good { color: #1a7f37; }
 .warn { color: #9a6700; font-weight: 600; }
 .bad { color: #cf222e; font-weight: 600; }
+.tag.under { display: table; margin: 2px 0 0; padding: 0 4px; }
 .tag { font-size: 11px; padding: 0 5px; border: 1px solid #d1d9e0; border-radius: 8px; margin-left: 6px; color: #59636e; }
 .empty { padding: 10px 12px; }
 svg.spark { display: block; }
@@ -125,7 +126,8 @@ function peerRow (peer: PeerStatus): Html {
 <td class="state">${up}</td><td class="num">${peer.index}</td>
 <td>${peer.address}${peer.backup && html`<span class="tag">backup</span>`}${peer.weight !== 1 && html`<span class="tag">weight ${peer.weight}</span>`}</td>
 <td>${peer.program}</td><td class="num">${peer.pid ?? html`<span class="muted">-</span>`}</td>
-<td>${state(peer.process)}</td><td>${state(peer.admin)}</td><td>${state(peer.health)}</td><td>${state(peer.passive)}</td>
+<td>${state(peer.process)}${peer.backoff !== null && html`<span class="tag under bad" title="start back-off: ${peer.backoff.step} failed starts in a row, next try in ${duration(peer.backoff.retryInMs)}">retry ${duration(peer.backoff.retryInMs)}</span>`}</td>
+<td>${state(peer.admin)}${peer.pin !== 'none' && html`<span class="tag under" title="pinned ${peer.pin} by an operator's ${peer.pin === 'up' ? 'start' : 'stop'}: the scaler leaves it alone until released">pinned</span>`}</td><td>${state(peer.health)}</td><td>${state(peer.passive)}</td>
 <td class="num">${peer.inflight}</td><td class="num">${peer.requests}</td><td class="num">${peer.fails}</td>
 <td class="num">${peer.rise} / ${peer.fall}</td><td>${sparkline(peer.checks)}</td><td class="last">${lastCheckCell(peer.lastCheck)}</td>
 </tr>`

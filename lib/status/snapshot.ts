@@ -22,6 +22,9 @@ function peerStatus (peer: Peer, now: number): PeerStatus {
     pid: peer.pid,
     process: peer.process,
     admin: peer.admin,
+    pin: peer.pin,
+    // The reason stays in the log: it may name supervisord's user.
+    backoff: peer.backoff === null ? null : { step: peer.backoff.step, retryInMs: Math.max(0, Math.round(peer.backoff.until - now)) },
     health: peer.health,
     passive: peer.passive,
     routable: peer.routable,

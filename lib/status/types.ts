@@ -1,4 +1,4 @@
-import type { AdminState, HealthState, PassiveState, ProcessState } from '../peer.js'
+import type { AdminState, HealthState, PassiveState, PinState, ProcessState } from '../peer.js'
 
 export type StatusFilter = 'up' | 'down'
 export type StatusFormat = 'html' | 'json' | 'csv'
@@ -19,6 +19,10 @@ export interface PeerStatus {
   pid: number | null
   process: ProcessState
   admin: AdminState
+  /** An operator's start (`up`) or stop (`down`) the scaler leaves alone, `none` when not pinned. */
+  pin: PinState
+  /** The start back-off after failed starts (null: none): `step` failed starts in a row, the next try in `retryInMs` (0: now). */
+  backoff: { step: number, retryInMs: number } | null
   health: HealthState
   passive: PassiveState
   routable: boolean
