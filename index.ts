@@ -44,6 +44,9 @@ export { IpHashBalancer } from './balancers/ip-hash.js'
 export { HashBalancer } from './balancers/hash.js'
 export type { HashKey } from './balancers/hash.js'
 
+export { closeGracefully } from './lib/graceful-close.js'
+export type { GracefulCloseOptions } from './lib/graceful-close.js'
+
 export * as errors from './lib/errors.js'
 
 export { MemoryStore, MemoryBackend } from './lib/store/memory-store.js'

@@ -4,9 +4,10 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type http from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import {
-  registry, supervisord, healthCheck, proxy, scaler, statusPage, supervisordRoutes,
+  registry, supervisord, healthCheck, proxy, scaler, statusPage, supervisordRoutes, closeGracefully,
   type UpstreamOptions
 } from '../index.js'
 import { freePort, onPath, startDaemon, type Daemon } from '../lib/dev/supervisord-daemon.js'
@@ -21,6 +22,8 @@ export interface GatewaySettings {
   adminToken?: string
   /** 'supervisord' when it is on the PATH, else 'none'; forced by the caller if given. */
   mode?: 'supervisord' | 'none'
+  /** ms in-flight requests have at shutdown before their connections are cut (default 3000). */
+  shutdownGrace?: number
 }
 
 export interface Gateway {
@@ -28,7 +31,11 @@ export interface Gateway {
   mode: 'supervisord' | 'none'
   /** supervisord's pid in supervisord mode. */
   supervisordPid?: number
-  /** Closes the gateway, then whatever runs the backends. Nothing is left behind. */
+  /**
+   * Closes the gateway (in-flight requests have `shutdownGrace` ms, then
+   * are cut), then whatever runs the backends. Nothing is left behind, and
+   * supervisord is stopped even when the gateway did not close in time.
+   */
   shutdown (): Promise<void>
 }
 
@@ -116,7 +123,11 @@ export async function startGateway (settings: GatewaySettings): Promise<Gateway>
     mode,
     supervisordPid: own?.daemon.pid,
     shutdown: async () => {
-      await app.close()
+      const grace = settings.shutdownGrace ?? 3000
+      const closed = closeGracefully(app, { grace }).then(() => true)
+      if (!await Promise.race([closed, sleep(grace + 1000, false, { ref: false })])) {
+        app.log.error({ grace }, 'the gateway did not close within its shutdown grace: stopping the backends anyway')
+      }
       await cleanup()
     }
   }

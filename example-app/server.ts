@@ -1,22 +1,26 @@
 import { startGateway } from './gateway.js'
 
 // `npm start`: the example gateway on 127.0.0.1:$PORT (default 3000), backends
-// on $BACKEND_PORT.. (default 8000..8002); ADMIN_TOKEN guards the operator routes.
+// on $BACKEND_PORT.. (default 8000..8002); ADMIN_TOKEN guards the operator routes;
+// SIGTERM or SIGINT gives in-flight requests SHUTDOWN_GRACE_MS (default 3000).
 
-function portFrom (name: string, fallback: number): number {
+function integerFrom (name: string, fallback: number, min: number, max: number): number {
   const value = process.env[name]
-  const port = value === undefined || value === '' ? fallback : Number(value)
-  if (!Number.isInteger(port) || port < 1 || port > 65535) {
-    console.error(`${name} must be a port number from 1 to 65535, got ${JSON.stringify(value)}`)
+  const number = value === undefined || value === '' ? fallback : Number(value)
+  if (!Number.isInteger(number) || number < min || number > max) {
+    console.error(`${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(value)}`)
     process.exit(2)
   }
-  return port
+  return number
 }
+
+const portFrom = (name: string, fallback: number): number => integerFrom(name, fallback, 1, 65535)
 
 const gateway = await startGateway({
   port: portFrom('PORT', 3000),
   backendPort: portFrom('BACKEND_PORT', 8000),
-  adminToken: process.env.ADMIN_TOKEN === '' ? undefined : process.env.ADMIN_TOKEN
+  adminToken: process.env.ADMIN_TOKEN === '' ? undefined : process.env.ADMIN_TOKEN,
+  shutdownGrace: integerFrom('SHUTDOWN_GRACE_MS', 3000, 0, 60_000)
 })
 gateway.app.log.info({ pid: process.pid, supervisordPid: gateway.supervisordPid ?? null, mode: gateway.mode }, 'gateway ready')
 
