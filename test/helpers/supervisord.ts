@@ -122,7 +122,15 @@ process.on('SIGTERM', () => setTimeout(() => { server.close(); server.closeAllCo
 setTimeout(() => process.exit(0), 120_000).unref()
 `
 
-async function programsOf (dir: string, options: SupervisordOptions): Promise<{ configs: ProgramConfig[], programs: BackendProgram[] }> {
+/** A free port not in `taken` (nothing listens on those yet, so freePort alone could hand one out twice); added to it. */
+async function distinctPort (taken: Set<number>): Promise<number> {
+  let port = await freePort()
+  while (taken.has(port)) port = await freePort()
+  taken.add(port)
+  return port
+}
+
+async function programsOf (dir: string, options: SupervisordOptions, taken: Set<number>): Promise<{ configs: ProgramConfig[], programs: BackendProgram[] }> {
   const script = path.join(dir, 'backend.mjs')
   await writeFile(script, BACKEND_SCRIPT)
   const configs: ProgramConfig[] = []
@@ -130,7 +138,7 @@ async function programsOf (dir: string, options: SupervisordOptions): Promise<{ 
   for (const set of options.programs ?? [{ count: 2 }]) {
     for (let index = 0; index < set.count; index++) {
       const name = `${set.prefix ?? 'backend'}${index}`
-      const backendPort = await freePort()
+      const backendPort = await distinctPort(taken)
       programs.push({ name, index, port: backendPort, address: `127.0.0.1:${backendPort}` })
       const fault = set.faults?.[index]
       if (fault !== undefined) {
@@ -171,8 +179,9 @@ export async function startSupervisord (options: SupervisordOptions = {}): Promi
 }
 
 async function launch (dir: string, options: SupervisordOptions, attempt = 1): Promise<Supervisord> {
-  const port = await freePort()
-  const { configs, programs } = await programsOf(dir, options)
+  const taken = new Set<number>()
+  const port = await distinctPort(taken)
+  const { configs, programs } = await programsOf(dir, options, taken)
   let daemon
   try {
     daemon = await startDaemon({ dir, port, username: USERNAME, password: options.password ?? PASSWORD, programs: configs })
