@@ -105,10 +105,10 @@ async function exercise (t: Test, gw: Started, token?: string): Promise<number[]
 function busyClients (t: Test, base: string): { served: () => number, stop: () => Promise<number[]> } {
   const dispatcher = new Agent({ keepAliveTimeout: 600_000, keepAliveMaxTimeout: 600_000 })
   t.teardown(async () => await dispatcher.destroy())
-  let sending = true
+  const state = { sending: true }
   const statuses: number[] = []
   const loops = Array.from({ length: 4 }, async () => {
-    while (sending && statuses.length < 100_000) {
+    while (state.sending && statuses.length < 100_000) {
       try {
         const res = await request(base, { dispatcher })
         await res.body.text()
@@ -121,7 +121,7 @@ function busyClients (t: Test, base: string): { served: () => number, stop: () =
   return {
     served: () => statuses.filter(status => status === 200).length,
     stop: async () => {
-      sending = false
+      state.sending = false
       await Promise.all(loops)
       return statuses
     }

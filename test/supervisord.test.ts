@@ -52,7 +52,7 @@ t.test('no error thrown at registration shows a password, whatever the superviso
     { address: '127.0.0.1:9001', username: 'admin', pass: secret },
     { address: '127.0.0.1:9001', username: 7, password: secret },
     { address: '127.0.0.1:9001', password: secret },
-    [`127.0.0.1:9001`, secret],
+    ['127.0.0.1:9001', secret],
     { username: 'admin', password: secret }
   ]
   for (const shape of shapes) {
