@@ -247,6 +247,8 @@ export class Bridge implements SupervisordBridge {
   readonly #polled = new Map<SupervisordClient, PeerControl[]>()
   /** Failed starts in a row that were the daemon's fault, per daemon. */
   readonly #daemonSteps = new Map<SupervisordClient, number>()
+  /** The fault of the last poll of a daemon, while its polls fail: logged when it begins or changes, not at every poll. */
+  readonly #pollFaults = new Map<SupervisordClient, string>()
 
   constructor (registry: Registry, settings: Settings, log: FastifyBaseLogger) {
     this.#registry = registry
@@ -718,9 +720,14 @@ export class Bridge implements SupervisordBridge {
     try {
       infos = await client.getAllProcessInfo()
     } catch (error) {
-      if (!this.#closing.signal.aborted) this.#log.warn({ supervisord: client.label, fault: (error as SupervisordCallError).fault }, (error as Error).message)
+      if (this.#closing.signal.aborted) return
+      const fault = (error as SupervisordCallError).fault
+      const level = this.#pollFaults.get(client) === fault ? 'debug' : 'warn'
+      this.#pollFaults.set(client, fault)
+      this.#log[level]({ supervisord: client.label, fault }, (error as Error).message)
       return
     }
+    if (this.#pollFaults.delete(client)) this.#log.info({ supervisord: client.label }, `supervisord ${client.label} answers polls again`)
     const byName = new Map<string, ProcessInfo>()
     for (const info of infos) {
       byName.set(info.name, info)

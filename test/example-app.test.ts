@@ -99,10 +99,11 @@ async function exercise (t: Test, gw: Started, token?: string): Promise<number[]
 /**
  * Four keep-alive clients sending GETs back to back until SIGTERM is sent;
  * then each ends the request it has in flight and sends nothing more, its
- * connection kept open (what held a shutdown open for Fastify's 72 s
- * keepAliveTimeout).
+ * connection kept open. `slow` is sent on one more keep-alive connection
+ * just before the signal: a request in flight at close whose connection is
+ * idle afterwards (what held a shutdown open for Fastify's 72 s keepAliveTimeout).
  */
-function busyClients (t: Test, base: string): { served: () => number, stop: () => Promise<number[]> } {
+function busyClients (t: Test, base: string): { served: () => number, stop: () => Promise<number[]>, dispatcher: Agent } {
   const dispatcher = new Agent({ keepAliveTimeout: 600_000, keepAliveMaxTimeout: 600_000 })
   t.teardown(async () => await dispatcher.destroy())
   const state = { sending: true }
@@ -119,6 +120,7 @@ function busyClients (t: Test, base: string): { served: () => number, stop: () =
     }
   })
   return {
+    dispatcher,
     served: () => statuses.filter(status => status === 200).length,
     stop: async () => {
       state.sending = false
@@ -129,9 +131,14 @@ function busyClients (t: Test, base: string): { served: () => number, stop: () =
 }
 
 /** SIGTERM to `target` (npm, or the gateway's node process) with busy keep-alive clients: everything is gone within 10 s. */
-async function stopped (t: Test, gw: Started, pids: number[], target: 'npm' | 'gateway'): Promise<void> {
+async function stopped (t: Test, gw: Started, pids: number[], target: 'npm' | 'gateway', slow?: { path: string, headers?: Record<string, string> }): Promise<void> {
   const clients = busyClients(t, `${gw.base}/`)
   t.ok(await until(() => clients.served() > 20, 10_000), 'the clients are busy')
+  const inFlight = slow === undefined
+    ? undefined
+    : request(`${gw.base}${slow.path}`, { method: 'POST', headers: slow.headers, dispatcher: clients.dispatcher })
+      .then(async res => { await res.body.text(); return res.statusCode }, () => -1)
+  if (inFlight !== undefined) await new Promise(resolve => setTimeout(resolve, 200))
   process.kill(target === 'npm' ? gw.child.pid as number : gw.gatewayPid, 'SIGTERM')
   const statuses = await clients.stop()
   // The bound the shutdown must meet: measured from SIGTERM, generous for a loaded machine.
@@ -139,6 +146,7 @@ async function stopped (t: Test, gw: Started, pids: number[], target: 'npm' | 'g
     `SIGTERM to ${target}: npm start, the gateway, supervisord and the backends are gone within 10 s (${pids.filter(alive).join(', ')} left)`)
   t.equal(gw.child.exitCode, 0)
   t.ok(statuses.every(s => s === 200 || s === 503 || s === -1), 'answered until the end: 200, or 503 once closing')
+  if (inFlight !== undefined) t.not(await inFlight, -1, 'the request in flight at SIGTERM was answered')
   t.notOk(gw.lines.some(l => l.msg === 'the gateway did not close within its shutdown grace: stopping the backends anyway'), 'closed within its grace')
 }
 
@@ -148,7 +156,8 @@ t.test('npm start with supervisord on the PATH: its own daemon, backends as prog
   t.ok(gw.supervisordPid !== null && alive(gw.supervisordPid))
   const pids = await exercise(t, gw)
   t.ok(pids.length >= 2, 'supervisord reports the backends\' pids')
-  await stopped(t, gw, [gw.gatewayPid, gw.supervisordPid as number, ...pids], 'npm')
+  // A start waited for takes startsecs (1 s): in flight when the signal comes.
+  await stopped(t, gw, [gw.gatewayPid, gw.supervisordPid as number, ...pids], 'gateway', { path: '/_supervisord/start/2?wait=1' })
 })
 
 t.test('npm start with supervisord hidden from the PATH: none mode, in-process backends, token-guarded routes', async t => {
@@ -164,5 +173,5 @@ t.test('npm start with supervisord hidden from the PATH: none mode, in-process b
   t.equal(gw.supervisordPid, null)
   t.ok(gw.lines.some(l => typeof l.msg === 'string' && l.msg.includes('not on the PATH')), 'it says which mode and why')
   await exercise(t, gw, 's3cret-token')
-  await stopped(t, gw, [gw.gatewayPid], 'gateway')
+  await stopped(t, gw, [gw.gatewayPid], 'npm')
 })

@@ -387,11 +387,11 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
 
   t.test('supervisord killed while the app runs: commands fail UNREACHABLE, running backends keep serving', async t => {
     const sv = await supervisordFor(t)
-    const { app, commands, logs } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { pollInterval: 100 })
+    const { app, commands, logs } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } }, { pollInterval: 100 }, 'debug')
     await app.ready()
     await app.supervisord.execute('backend', 'start', 0, { wait: true })
     t.same(await serving(sv.programs[0].address), { status: 200, body: '{"backend":0}' })
-    const failedPolls = (): number => logs.filter(l => l.level === 40 && /could not getAllProcessInfo: unreachable/.test(l.msg)).length
+    const failedPolls = (level = 20): number => logs.filter(l => l.level === level && /could not getAllProcessInfo: unreachable/.test(l.msg)).length
     t.equal(failedPolls(), 0)
     process.kill(sv.pid, 'SIGKILL')
     t.ok(await until(async () => 'error' in await getDirect(`127.0.0.1:${sv.port}`), 3000), 'supervisord is gone')
@@ -399,6 +399,7 @@ t.test('with a real supervisord', { skip, jobs: 4 }, async t => {
     t.match(result, { ok: false, fault: 'UNREACHABLE', state: 'down', reason: /unreachable/ })
     t.match(commands.at(-1), { command: 'start', index: 1, ok: false, fault: 'UNREACHABLE' })
     t.ok(await until(() => failedPolls() >= 2, 3000), 'polls go on, and fail')
+    t.equal(failedPolls(40), 1, 'warned once, the next ones at debug')
     t.equal(processes(app)[0], 'up', 'a failed poll changes nothing')
     t.same(await getDirect(sv.programs[0].address), { status: 200, body: '{"backend":0}' })
   })
