@@ -75,6 +75,35 @@ describe('peer state is read-only from outside', () => {
     peer.pid = 1
     expect(peer.checks).type.not.toHaveProperty('push')
   })
+
+  test('the pin and the start back-off are read-only, set by their named methods', () => {
+    const peer = {} as Peer
+    expect(peer.pin).type.toBe<'none' | 'up' | 'down'>()
+    expect(peer.backoff?.step).type.toBe<number | undefined>()
+    // @ts-expect-error Cannot assign to 'pin' because it is a read-only property
+    peer.pin = 'up'
+    expect(peer.setPin).type.toBeCallableWith('down', 'operator stop')
+    expect(peer.setPin).type.not.toBeCallableWith('pinned')
+  })
+})
+
+describe('the start and stop rules and the pins, on the upstream and the bridge', () => {
+  const app = Fastify()
+
+  test('startCandidate and stopCandidate answer a Peer or undefined', () => {
+    expect(app.upstreams.get('backend').startCandidate({ skipPinned: true })).type.toBe<Peer | undefined>()
+    expect(app.upstreams.get('backend').stopCandidate({ keep: 0 })).type.toBe<Peer | undefined>()
+  })
+
+  test('execute may leave the peer unpinned; unpin releases it', () => {
+    expect(app.supervisord.execute).type.toBeCallableWith('backend', 'stop', 1, { wait: true, pin: false })
+    expect(app.supervisord.unpin('backend', 1)).type.toBe<Peer>()
+  })
+
+  test('the bridge\'s readiness and back-off options', () => {
+    expect(app.register).type.toBeCallableWith(supervisord, { readyTimeout: 10_000, startBackoff: { initial: 500, max: 30_000 } })
+    expect(app.register).type.not.toBeCallableWith(supervisord, { startBackoff: { initial: '1s' } })
+  })
 })
 
 type CheckResultLike = Peer['checks'][number]
