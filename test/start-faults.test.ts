@@ -104,6 +104,28 @@ t.test('start faults with a real supervisord', { skip, jobs: 3 }, async t => {
     t.ok(up !== undefined && asked !== undefined && up.at - asked.at >= 2000, 'up only once it listened, not at RUNNING (1 s)')
   })
 
+  t.test('a program that runs but never accepts a connection fails its start (NOT_READY), is stopped, and the next one serves', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 2, listenAfterMs: { 0: 600_000 } }] })
+    const { app, logs, commands } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } },
+      { readyTimeout: 1500 }, { holdTimeout: 15_000 })
+    await app.ready()
+    const responses = await Promise.all(Array.from({ length: 5 }, async () => await app.inject('/')))
+    t.same(responses.map(r => r.body), Array(5).fill('{"backend":1}'))
+    t.match(commands, [{ index: 0, ok: false, fault: 'NOT_READY' }, { index: 1, ok: true }])
+    t.match(logs, [{ level: 50, program: 'backend0', fault: 'NOT_READY', msg: /did not accept a connection within readyTimeout \(1500 ms\)/ }])
+    t.ok(await until(async () => await sv.statename('backend0') === 'STOPPED', 5000), 'the program that never answered was stopped')
+  })
+
+  t.test('a program found RUNNING by a poll is starting until its port answers', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 1, listenAfterMs: 4000, startsecs: 1 }] })
+    const { app } = await bridgeApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })
+    await sv.client.startProcess('backend0')
+    await app.ready()
+    t.equal(processes(app)[0], 'starting', 'RUNNING, but not listening yet')
+    t.ok(await until(() => processes(app)[0] === 'up', 8000), 'up once it listens, without another poll')
+    t.equal((await getDirect(sv.programs[0].address) as { status: number }).status, 200)
+  })
+
   t.test('ALREADY_STARTED while supervisord says STARTING is a start under way: waited for until RUNNING', async t => {
     const sv = await supervisordFor(t, { programs: [{ count: 1, startsecs: 3 }] })
     const { app } = await proxyApp(t, { backend: { servers: sv.programs.map(p => p.address), supervisord: sv.option } })

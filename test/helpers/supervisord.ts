@@ -58,8 +58,8 @@ export interface ProgramSet {
   healthPath?: string
   /** supervisord's startsecs (default 1). */
   startsecs?: number
-  /** ms after its start before the backend listens (a late-binding backend; default 0). */
-  listenAfterMs?: number
+  /** ms after its start before the backend listens (a late-binding backend; default 0), for all or by index. */
+  listenAfterMs?: number | Record<number, number>
   /** ms a backend keeps running (and serving) after SIGTERM (a slow stop; default 0). */
   stopDelayMs?: number
   /** Programs of this set, by index, that are broken instead of backends (their ports stay unused). */
@@ -146,7 +146,7 @@ async function programsOf (dir: string, options: SupervisordOptions, taken: Set<
         continue
       }
       const environment = [`SLOW_MS="${set.slowMs ?? 0}"`, `HEALTH_PATH="${set.healthPath ?? ''}"`,
-        `LISTEN_AFTER_MS="${set.listenAfterMs ?? 0}"`, `STOP_DELAY_MS="${set.stopDelayMs ?? 0}"`].join(',')
+        `LISTEN_AFTER_MS="${typeof set.listenAfterMs === 'number' ? set.listenAfterMs : set.listenAfterMs?.[index] ?? 0}"`, `STOP_DELAY_MS="${set.stopDelayMs ?? 0}"`].join(',')
       const command = `${process.execPath} ${script} ${index} ${backendPort} ${path.join(dir, `${name}.pid`)}`
       // A slow stop needs supervisord to wait longer than its default before SIGKILL.
       const extra = { environment, ...(set.stopDelayMs === undefined ? {} : { stopwaitsecs: Math.ceil(set.stopDelayMs / 1000) + 5 }) }
