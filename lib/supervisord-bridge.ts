@@ -3,50 +3,15 @@ import type { Peer, PeerChange, ProcessState } from './peer.js'
 import type { DemandEvent, ScaleEvent } from './events.js'
 import type { Registry } from './registry.js'
 import type { Upstream } from './upstream.js'
-import { parseSupervisord, programNames, supervisordLabel, type SupervisordOptions, type SupervisordTarget } from './supervisord-address.js'
-import { setTimeout as sleep } from 'node:timers/promises'
+import { supervisordLabel, type SupervisordTarget } from './supervisord-address.js'
 import { SupervisordCallError, SupervisordClient, isDaemonFault, type ProcessInfo } from './supervisord-client.js'
-import { probe } from './health-probe.js'
+import { SECTIONS, upstreamSettings, type BridgeSettings } from './supervisord-options.js'
+import { accepts, failed, probePause, processStateOf, untilServing, type StartOutcome as Outcome } from './start-readiness.js'
 import { BadCommandError, NotManagedError } from './errors.js'
-import { optionKeys, booleanOption, durationOption, objectOption, optionError, rejectUnknownOptions, showValue } from './options.js'
+import { showValue } from './options.js'
 
-/** The sections of an upstream's options that the bridge reads. */
-export interface SupervisordSections {
-  /** `'host:port'`, `'unix:/path.sock'`, either followed by ` user:pass`, `'none'`, or `{ address, username, password }`. */
-  supervisord?: string | SupervisordOptions
-  /** Program name prefix: peer N is program `<supervisordName>N` (default the upstream's name). */
-  supervisordName?: string
-  /** Initial process states from the configuration (`down: true` peers down, others up); otherwise all start down. */
-  inheritBackendStatus?: boolean
-  /** A peer that fails passively (maxFails in failTimeout) is stopped, to be started again on demand. */
-  stopOnFailure?: boolean
-}
-
-declare module './upstream.js' {
-  interface UpstreamOptions extends SupervisordSections {}
-}
-
-export interface StartBackoffOptions {
-  /** ms no start is tried after the first failed one (default 1000). */
-  initial?: number
-  /** ms the delay doubles up to (default 60000). */
-  max?: number
-}
-
-export interface SupervisordBridgeOptions {
-  /** ms for one call to supervisord, its wait for `startsecs` included (default 5000). */
-  callTimeout?: number
-  /** ms between two `getAllProcessInfo` polls, counted from the end of the previous one (default 10000; 0: only at start-up). */
-  pollInterval?: number
-  /** ms that must pass between two `any` commands on an upstream (default 30000). */
-  antiFlap?: number
-  /** ms a stop waits for the peer's in-flight requests to end before supervisord is asked (default 30000). */
-  drainTimeout?: number
-  /** ms a started program has, once supervisord says RUNNING, to accept a TCP connection on its address (default 30000). */
-  readyTimeout?: number
-  /** The back-off after a failed start: no start of that peer (of every peer, when supervisord itself failed) until it ends. */
-  startBackoff?: StartBackoffOptions
-}
+export { pluginSettings } from './supervisord-options.js'
+export type { SupervisordSections, SupervisordBridgeOptions, StartBackoffOptions } from './supervisord-options.js'
 
 export type Command = 'start' | 'stop'
 
@@ -137,93 +102,16 @@ interface Accepted {
   done: Promise<ExecuteResult>
 }
 
-interface Outcome {
-  ok: boolean
-  fault?: string
-  reason?: string
-  /** supervisord answered ALREADY_STARTED: the program may still be STARTING. */
-  already?: boolean
-}
-
-const SECTIONS = optionKeys<SupervisordSections>()('supervisord', 'supervisordName', 'inheritBackendStatus', 'stopOnFailure')
-const PLUGIN_OPTIONS = optionKeys<SupervisordBridgeOptions>()('callTimeout', 'pollInterval', 'antiFlap', 'drainTimeout', 'readyTimeout', 'startBackoff')
-const BACKOFF_OPTIONS = optionKeys<StartBackoffOptions>()('initial', 'max')
 const TARGET: Record<Command, ProcessState> = { start: 'up', stop: 'down' }
 const MOVING: Record<Command, ProcessState> = { start: 'starting', stop: 'stopping' }
 /** The fault that means "it already is so": success, as ngx_supervisord counted it. */
 const DONE_ALREADY: Record<Command, string> = { start: 'ALREADY_STARTED', stop: 'NOT_RUNNING' }
-/** ms between two TCP probes of a started program that does not accept connections yet. */
-const PROBE_EVERY = 75
-/** ms a TCP probe of a started program may take. */
-const PROBE_TIMEOUT = 1000
-/** ms between two reads of a program's state while supervisord says STARTING. */
-const STARTING_READ_EVERY = 200
-/** ms between two reads of a RUNNING program's state while it does not accept connections (it may have died). */
-const RUNNING_READ_EVERY = 1000
 /** ms at least between two polls asked by demands that found nothing to start. */
 const DEMAND_POLL_EVERY = 1000
-const RUNNING = 20
 
 /** What execute() answers about an accepted command, with the peer's process state as it is now. */
 function resultOf (pc: PeerControl, command: Command, more: Pick<ExecuteResult, 'ok' | 'fault' | 'reason'> = {}): ExecuteResult {
   return { upstream: pc.peer.upstream, command, backend: pc.peer.index, program: pc.program, accepted: true, state: pc.peer.process, ...more }
-}
-
-/** supervisord's process state codes as the registry's process dimension. */
-function processStateOf (info: ProcessInfo): ProcessState {
-  switch (info.state) {
-    case 20: return 'up'
-    case 10: case 30: return 'starting'
-    case 40: return 'stopping'
-    default: return 'down'
-  }
-}
-
-/** An error of a call, as an outcome. */
-function failed (error: unknown): Outcome {
-  return { ok: false, fault: error instanceof SupervisordCallError ? error.fault : 'PROTOCOL', reason: (error as Error).message }
-}
-
-export function pluginSettings (options: SupervisordBridgeOptions) {
-  const where = 'supervisord'
-  rejectUnknownOptions(options, PLUGIN_OPTIONS, where)
-  const backoff = objectOption(options.startBackoff, where, 'startBackoff', BACKOFF_OPTIONS) as StartBackoffOptions
-  const initial = durationOption(backoff.initial, 1000, where, 'startBackoff.initial', 1)
-  const max = durationOption(backoff.max, 60_000, where, 'startBackoff.max', 1)
-  if (max < initial) throw optionError(where, `option "startBackoff.max" (${max}) must not be below "startBackoff.initial" (${initial})`)
-  return {
-    callTimeout: durationOption(options.callTimeout, 5000, where, 'callTimeout', 1),
-    pollInterval: durationOption(options.pollInterval, 10_000, where, 'pollInterval', 0),
-    antiFlap: durationOption(options.antiFlap, 30_000, where, 'antiFlap', 0),
-    drainTimeout: durationOption(options.drainTimeout, 30_000, where, 'drainTimeout', 0),
-    readyTimeout: durationOption(options.readyTimeout, 30_000, where, 'readyTimeout', 1),
-    startBackoff: { initial, max }
-  }
-}
-
-type Settings = ReturnType<typeof pluginSettings>
-
-/** An upstream's supervisord sections, checked; undefined when it has none. */
-function upstreamSettings (upstream: Upstream) {
-  const options = upstream.options
-  const where = `upstream "${upstream.name}"`
-  if (options.supervisord === undefined) {
-    const stray = SECTIONS.find(section => (options as Record<string, unknown>)[section] !== undefined)
-    if (stray !== undefined) throw optionError(where, `option "${stray}" is only read together with option "supervisord"`)
-    return undefined
-  }
-  const target = parseSupervisord(options.supervisord, where)
-  const programs = programNames(upstream, options.supervisordName, where)
-  const stopOnFailure = booleanOption(options.stopOnFailure, false, where, 'stopOnFailure')
-  if (stopOnFailure && target.kind === 'none') {
-    throw optionError(where, 'option "stopOnFailure" needs a supervisord to stop the peer with (supervisord is "none")')
-  }
-  return {
-    target,
-    programs,
-    inherit: booleanOption(options.inheritBackendStatus, false, where, 'inheritBackendStatus'),
-    stopOnFailure
-  }
 }
 
 /**
@@ -236,7 +124,7 @@ function upstreamSettings (upstream: Upstream) {
 export class Bridge implements SupervisordBridge {
   readonly #managed = new Map<string, Managed>()
   readonly #registry: Registry
-  readonly #settings: Settings
+  readonly #settings: BridgeSettings
   readonly #log: FastifyBaseLogger
   readonly #closing = new AbortController()
   #pollTimer: NodeJS.Timeout | undefined
@@ -250,7 +138,7 @@ export class Bridge implements SupervisordBridge {
   /** The fault of the last poll of a daemon, while its polls fail: logged when it begins or changes, not at every poll. */
   readonly #pollFaults = new Map<SupervisordClient, string>()
 
-  constructor (registry: Registry, settings: Settings, log: FastifyBaseLogger) {
+  constructor (registry: Registry, settings: BridgeSettings, log: FastifyBaseLogger) {
     this.#registry = registry
     this.#settings = settings
     this.#log = log
@@ -449,7 +337,8 @@ export class Bridge implements SupervisordBridge {
       } else {
         outcome = await this.#send(client, pc, command)
         if (command === 'start' && outcome.ok) {
-          const serving = await this.#untilServing(client, pc, signal, outcome.already !== true)
+          const serving = await untilServing(client, pc.program, pc.peer,
+            { readyTimeout: this.#settings.readyTimeout, running: outcome.already !== true, signal, closing: this.#closing.signal })
           outcome = serving.ok ? outcome : serving
         }
       }
@@ -487,54 +376,6 @@ export class Bridge implements SupervisordBridge {
       if (outcome.fault === DONE_ALREADY[command]) return { ok: true, reason: outcome.reason, already: true }
       return outcome
     }
-  }
-
-  /**
-   * A started program is serving once supervisord says RUNNING and its
-   * address accepts a TCP connection, probed every PROBE_EVERY ms for at most
-   * readyTimeout. After ALREADY_STARTED (a start by someone else, maybe still
-   * STARTING) supervisord's state is read first, and again until RUNNING; a
-   * program that leaves STARTING/RUNNING meanwhile has failed its start.
-   */
-  async #untilServing (client: SupervisordClient, pc: PeerControl, signal: AbortSignal, running: boolean): Promise<Outcome> {
-    const { readyTimeout } = this.#settings
-    const deadline = Date.now() + readyTimeout
-    let nextRead = running ? Date.now() + RUNNING_READ_EVERY : 0
-    let last = 'not probed yet'
-    while (!signal.aborted) {
-      if (Date.now() >= nextRead) {
-        let info: ProcessInfo
-        try {
-          info = await client.getProcessInfo(pc.program)
-        } catch (error) {
-          return failed(error)
-        }
-        if (info.state !== RUNNING && processStateOf(info) !== 'starting') {
-          const why = info.spawnerr !== '' ? `: ${info.spawnerr}` : ''
-          return { ok: false, fault: info.statename, reason: `supervisord ${client.label}: program "${pc.program}" is ${info.statename}${why}` }
-        }
-        running = info.state === RUNNING
-        nextRead = Date.now() + (running ? RUNNING_READ_EVERY : STARTING_READ_EVERY)
-      }
-      if (running) {
-        const result = await probe(pc.peer, { type: 'tcp', timeout: PROBE_TIMEOUT }, signal)
-        if (result.ok) return { ok: true }
-        last = result.reason
-      }
-      if (Date.now() >= deadline) {
-        return {
-          ok: false,
-          fault: 'NOT_READY',
-          reason: running
-            ? `program "${pc.program}" runs, but ${pc.peer.address} did not accept a connection within readyTimeout (${readyTimeout} ms): ${last}`
-            : `program "${pc.program}" was still STARTING after readyTimeout (${readyTimeout} ms)`
-        }
-      }
-      await sleep(running ? PROBE_EVERY : Math.max(0, nextRead - Date.now()), undefined, { signal, ref: false }).catch(() => {})
-    }
-    return this.#closing.signal.aborted
-      ? { ok: false, fault: 'ABORTED', reason: 'the server is closing' }
-      : { ok: false, fault: 'CANCELLED', reason: `a later command on program "${pc.program}" replaced it` }
   }
 
   #finish (managed: Managed, pc: PeerControl, command: Command, generation: number, outcome: Outcome): ExecuteResult {
@@ -763,7 +604,7 @@ export class Bridge implements SupervisordBridge {
     const generation = pc.generation
     const deadline = Date.now() + this.#settings.readyTimeout
     const untouched = (): boolean => pc.pending === undefined && pc.generation === generation && !this.#closing.signal.aborted
-    let result = await probe(peer, { type: 'tcp', timeout: PROBE_TIMEOUT }, this.#closing.signal)
+    let result = await accepts(peer, this.#closing.signal)
     if (!untouched()) return
     if (!result.ok) {
       peer.setProcess('starting', `supervisord says ${info.statename}; ${peer.address} does not accept connections yet`)
@@ -771,9 +612,9 @@ export class Bridge implements SupervisordBridge {
       pc.watching = true
       this.#background((async () => {
         while (!result.ok && Date.now() < deadline) {
-          await sleep(PROBE_EVERY, undefined, { signal: this.#closing.signal, ref: false }).catch(() => {})
+          await probePause(this.#closing.signal)
           if (!untouched()) return
-          result = await probe(peer, { type: 'tcp', timeout: PROBE_TIMEOUT }, this.#closing.signal)
+          result = await accepts(peer, this.#closing.signal)
         }
         if (!untouched()) return
         if (!result.ok) this.#log.warn({ upstream: peer.upstream, program: pc.program }, `supervisord: program "${pc.program}" is RUNNING but ${peer.address} did not accept a connection within readyTimeout: ${result.reason}`)

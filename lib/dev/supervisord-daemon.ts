@@ -39,16 +39,35 @@ export interface Daemon {
   stop (): Promise<void>
 }
 
-/** A port on 127.0.0.1 that is free right now. */
-export async function freePort (): Promise<number> {
+/** Ports handed out below Linux's ephemeral range (32768 and up): no outgoing connection and no listen(0) elsewhere takes them meanwhile. */
+const RESERVED_LOW = 20_000
+const RESERVED_HIGH = 32_767
+
+async function listenable (port: number): Promise<number | undefined> {
   const server = net.createServer()
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => resolve())
+  const bound = await new Promise<boolean>(resolve => {
+    server.once('error', () => resolve(false))
+    server.listen(port, '127.0.0.1', () => resolve(true))
   })
-  const port = (server.address() as net.AddressInfo).port
+  if (!bound) return undefined
+  const taken = (server.address() as net.AddressInfo).port
   await new Promise<void>(resolve => server.close(() => resolve()))
-  return port
+  return taken
+}
+
+/**
+ * A port on 127.0.0.1 that is free right now, for a server started later
+ * (supervisord, a program). Picked at random below the ephemeral range, so
+ * that the outgoing connections and listen(0) servers of every process on
+ * the machine, which take ephemeral ports, cannot take it before it is bound;
+ * an ephemeral one if none is found there.
+ */
+export async function freePort (): Promise<number> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const port = await listenable(RESERVED_LOW + Math.floor(Math.random() * (RESERVED_HIGH - RESERVED_LOW + 1)))
+    if (port !== undefined) return port
+  }
+  return await listenable(0) as number
 }
 
 /** Where `command` is found on the PATH, if it is. */
@@ -117,10 +136,10 @@ export async function exited (child: ChildProcess, ms: number): Promise<boolean>
   ])
 }
 
-async function waitRunning (client: SupervisordClient, child: ChildProcess, log: string): Promise<void> {
+async function waitRunning (client: SupervisordClient, child: ChildProcess, log: string, stderr: () => string): Promise<void> {
   const deadline = Date.now() + 10_000
   while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`supervisord exited with ${child.exitCode}: ${await readFile(log, 'utf8').catch(() => '')}`)
+    if (child.exitCode !== null) throw new Error(`supervisord exited with ${child.exitCode}: ${stderr()} ${await readFile(log, 'utf8').catch(() => '')}`)
     try {
       if ((await client.getState()).statename === 'RUNNING') return
     } catch {}
@@ -132,13 +151,16 @@ async function waitRunning (client: SupervisordClient, child: ChildProcess, log:
 /** Writes the config, starts supervisord in the foreground of a child process and waits until it is RUNNING. */
 export async function startDaemon (config: DaemonConfig): Promise<Daemon> {
   const file = await writeConfig(config)
-  const child = spawn('supervisord', ['-c', file], { stdio: 'ignore' })
+  const child = spawn('supervisord', ['-c', file], { stdio: ['ignore', 'ignore', 'pipe'] })
+  // What supervisord says before its log is open (a port in use) goes to stderr.
+  let stderr = ''
+  child.stderr?.on('data', (chunk: Buffer) => { if (stderr.length < 4096) stderr += chunk.toString() })
   const credentials = { username: config.username, password: config.password }
   const tcp: SupervisordEndpoint = { kind: 'tcp', host: '127.0.0.1', port: config.port, ...credentials }
   const unix: SupervisordEndpoint = { kind: 'unix', path: path.join(config.dir, 'supervisor.sock'), ...credentials }
   const client = new SupervisordClient(tcp, { timeout: 2000 })
   try {
-    await waitRunning(client, child, path.join(config.dir, 'supervisord.log'))
+    await waitRunning(client, child, path.join(config.dir, 'supervisord.log'), () => stderr)
   } catch (error) {
     child.kill('SIGKILL')
     await exited(child, 2000)
