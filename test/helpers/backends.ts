@@ -2,8 +2,10 @@ import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import type { Test } from 'tap'
 
-/** A port on 127.0.0.1 that nothing listens on right now (taken, then released). */
-export { freePort } from '../../lib/dev/supervisord-daemon.js'
+import { freePort } from '../../lib/dev/supervisord-daemon.js'
+
+/** A port on 127.0.0.1 that nothing listens on right now (below the ephemeral range). */
+export { freePort }
 
 export type BackendHandler = (req: http.IncomingMessage, res: http.ServerResponse, backend: Backend) => void
 
@@ -27,7 +29,8 @@ export const whoAmI: BackendHandler = (_req, res, backend) => {
 }
 
 /** A real HTTP backend on 127.0.0.1 with an ephemeral port. */
-export async function startBackend (id: number, handler: BackendHandler = whoAmI, port = 0): Promise<Backend> {
+export async function startBackend (id: number, handler: BackendHandler = whoAmI, given = 0): Promise<Backend> {
+  let port = given === 0 ? await freePort() : given
   const server = http.createServer()
   const backend: Backend = {
     id,
@@ -45,10 +48,20 @@ export async function startBackend (id: number, handler: BackendHandler = whoAmI
     backend.hits++
     backend.handler(req, res, backend)
   })
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(port, '127.0.0.1', () => resolve())
-  })
+  // Not listen(0): an ephemeral port, once closed (a test stops a backend), may
+  // be taken by an outgoing connection before the test listens on it again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject)
+        server.listen(port, '127.0.0.1', () => { server.off('error', reject); resolve() })
+      })
+      break
+    } catch (error) {
+      if (given !== 0 || attempt === 5) throw error
+      port = await freePort()
+    }
+  }
   backend.port = (server.address() as AddressInfo).port
   backend.address = `127.0.0.1:${backend.port}`
   return backend
