@@ -43,7 +43,7 @@ export class BalancedProxy {
     this.#config = config
     this.#hold = new HoldQueue(upstream, registry, config)
     this.#log = new FailureLog(log)
-    this.dispatcher = new ProxyDispatcher(upstream, registry, agent, config, this.#log)
+    this.dispatcher = new ProxyDispatcher(upstream, registry, agent, config, this.#log, this.#holdAgain)
     this.fromOptions = {
       getUpstream: (request: FromRequest) => (request.upstreamPeer as Peer).origin,
       // Never retry on the same peer (reply-from's default retries a GET
@@ -94,6 +94,15 @@ export class BalancedProxy {
       exchange.assign(held)
       done()
     }, (error: Error) => this.#holdFailed(reply, error))
+  }
+
+  /** An exchange the last routable peer refused, held while a peer is started. */
+  readonly #holdAgain = (exchange: Exchange): void => {
+    this.#hold.wait(exchange.request).then(peer => this.dispatcher.resume(exchange, peer), (error: Error) => {
+      // reply-from's continuation is dropped, as on any failure answered here.
+      exchange.callback = null
+      if (!exchange.clientGone) this.#holdFailed(exchange.reply, error)
+    })
   }
 
   /** A hold refused or failed: answered by the hold queue's rule (logged once by the bridge, not per request). */

@@ -89,7 +89,10 @@ export class HoldQueue {
   }
 
   readonly #onChange = (change: PeerChange): void => {
-    if (change.upstream === this.#upstream.name) this.#settle()
+    if (change.upstream !== this.#upstream.name) return
+    // A failed start puts its peer in back-off before it goes down: the reason is known first here.
+    if (change.field === 'backoff' && change.to !== 0 && change.reason !== undefined) this.#lastFailure = change.reason
+    this.#settle()
   }
 
   readonly #onCommand = (event: CommandEvent): void => {

@@ -44,6 +44,8 @@ export interface PeerChange {
 export interface PeerOwner {
   readonly name: string
   readonly peers: readonly Peer[]
+  /** Whether a peer can be started on demand (the supervisord bridge, not in `none` mode). */
+  readonly startsOnDemand: boolean
   peerChanged (change: PeerChange): void
   inflightChanged (peer: Peer): void
 }
@@ -287,10 +289,12 @@ export class Peer {
   /**
    * The only server of its upstream (one primary, no backup): nginx's
    * `single`. Passive failures never take it out, since there is nowhere
-   * else to send its requests.
+   * else to send its requests — unless it can be started on demand: then a
+   * refusal means its process may be gone, and taking it out is what gets
+   * it read again and started (the request is held meanwhile).
    */
   get lone (): boolean {
-    return this.#owner.peers.length === 1
+    return this.#owner.peers.length === 1 && !this.#owner.startsOnDemand
   }
 
   /**

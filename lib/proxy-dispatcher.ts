@@ -49,8 +49,11 @@ export class ProxyDispatcher implements AttemptOwner {
   readonly #waiting: Array<Set<Attempt>>
   /** The exchange whose reply.from() call is under way (see forward()). */
   #handoff: Exchange | null = null
+  /** Holds an exchange that no peer is left for, while a peer is started (see failed()). */
+  readonly #hold: ((exchange: Exchange) => void) | undefined
 
-  constructor (upstream: Upstream, registry: Registry, agent: Dispatcher, settings: ProxySettings, log: FailureLog) {
+  constructor (upstream: Upstream, registry: Registry, agent: Dispatcher, settings: ProxySettings, log: FailureLog, hold?: (exchange: Exchange) => void) {
+    this.#hold = hold
     this.#agent = agent
     this.#upstream = upstream
     this.#registry = registry
@@ -86,6 +89,12 @@ export class ProxyDispatcher implements AttemptOwner {
 
   close (): void {
     this.#registry.off('change', this.#onChange)
+  }
+
+  /** A held exchange got a peer (acquired by the hold queue): sent on as a new attempt. */
+  resume (exchange: Exchange, peer: Peer): void {
+    exchange.assign(peer)
+    this.#send(exchange, peer)
   }
 
   #send (exchange: Exchange, peer: Peer): void {
@@ -147,6 +156,10 @@ export class ProxyDispatcher implements AttemptOwner {
       this.#moveTo(exchange, next)
       return
     }
+    if (this.#mayHold(exchange, fault, attempt.sent)) {
+      (this.#hold as (exchange: Exchange) => void)(exchange)
+      return
+    }
     // reply-from's continuation is dropped: it would log every failure with
     // its stack at warn; the failure was charged and logged once above.
     exchange.callback = null
@@ -156,10 +169,25 @@ export class ProxyDispatcher implements AttemptOwner {
   /** The peer to send the exchange to after `peer` failed for `fault`, if it may go anywhere. */
   #nextPeer (exchange: Exchange, peer: Peer, fault: Fault, sent: boolean): Peer | undefined {
     const tried = exchange.tried === null ? [peer] : [...exchange.tried, peer]
-    if (exchange.clientGone || exchange.reply.sent || tried.length >= this.#settings.tries) return undefined
+    if (tried.length >= this.#settings.tries || !this.#retryable(exchange, fault, sent)) return undefined
+    return this.#upstream.pick(exchange.request, tried)
+  }
+
+  #retryable (exchange: Exchange, fault: Fault, sent: boolean): boolean {
+    if (exchange.clientGone || exchange.reply.sent) return false
     const body = exchange.body
-    const facts = { sent, method: exchange.request.method, bodyKept: body === null || body.kept, bodyIntact: body === null || body.intact }
-    return mayRetry(fault, facts) ? this.#upstream.pick(exchange.request, tried) : undefined
+    return mayRetry(fault, { sent, method: exchange.request.method, bodyKept: body === null || body.kept, bodyIntact: body === null || body.intact })
+  }
+
+  /**
+   * The last routable peer could not be reached (nothing was sent) and the
+   * upstream starts peers on demand: the request is held while one is
+   * started, as a new request finding no routable peer would be, rather than
+   * answered 502 (the first request after the last backend died).
+   */
+  #mayHold (exchange: Exchange, fault: Fault, sent: boolean): boolean {
+    return this.#hold !== undefined && !sent && fault.party === 'peer' && (fault.kind === 'connect' || fault.kind === 'timeout') &&
+      this.#upstream.startsOnDemand && !this.#upstream.routable && this.#retryable(exchange, fault, sent)
   }
 
   #moveTo (exchange: Exchange, next: Peer): void {
