@@ -39,6 +39,8 @@ export class HoldQueue {
   #listening = false
   /** What the last failed start said, for the 502 when every candidate failed. */
   #lastFailure = 'start failed'
+  /** Inside our own demand(): a starter that answers at once must not make us ask again from within it. */
+  #demanding = false
 
   constructor (upstream: Upstream, registry: Registry, options: HoldOptions) {
     this.#upstream = upstream
@@ -70,7 +72,7 @@ export class HoldQueue {
       this.#listen()
       this.#schedule()
       // Also when a peer runs but is out: whoever starts peers may find it dead.
-      this.#upstream.demand()
+      this.#demand()
       if (this.#upstream.routable) this.#settle()
     })
   }
@@ -108,7 +110,7 @@ export class HoldQueue {
     switch (outlook.state) {
       case 'startable':
         // The last start failed and another candidate is left: the requests stay held.
-        this.#upstream.demand()
+        this.#demand()
         break
       case 'backoff':
         this.#upstream.countRefused(this.#held.length)
@@ -117,6 +119,16 @@ export class HoldQueue {
       case 'none':
         this.#failAll(new NoPeerError(this.#upstream.name))
         break
+    }
+  }
+
+  #demand (): void {
+    if (this.#demanding) return
+    this.#demanding = true
+    try {
+      this.#upstream.demand()
+    } finally {
+      this.#demanding = false
     }
   }
 

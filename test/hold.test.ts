@@ -226,3 +226,19 @@ t.test('each held request times out at its own deadline; the later one still goe
   t.equal((await second).statusCode, 200, 'the later request was still held, and is served')
   t.equal(backend.hits, 1)
 })
+
+t.test('a starter that fails at once, inside the demand, is not asked again from within it', async t => {
+  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { holdTimeout: 200 })
+  await listening(app)
+  t.teardown(() => app.close())
+  app.upstreams.get('b').startOnDemand()
+  let demands = 0
+  app.upstreams.on('demand', () => {
+    demands++
+    // No back-off set: the peer stays a candidate.
+    app.upstreams.emit('command', { upstream: 'b', index: 0, command: 'start', ok: false, fault: 'SPAWN_ERROR', reason: 'x', at: Date.now() })
+  })
+  const res = await app.inject('/')
+  t.equal(res.json().code, 'FST_SUPERVISORD_HOLD_TIMEOUT', 'held until holdTimeout, as nothing said the start cannot be tried again')
+  t.equal(demands, 1, 'one demand, not one per failure told within it')
+})

@@ -532,7 +532,10 @@ t.test('error bodies name the code and the upstream, never an address (unless ex
   t.teardown(() => held.close())
   held.upstreams.get('b').startOnDemand()
   held.upstreams.on('demand', () => {
-    held.upstreams.emit('command', { upstream: 'b', index: 0, command: 'start', ok: false, fault: 'SPAWN_ERROR', reason: 'supervisord unix:/run/secret.sock (user admin): b0: SPAWN_ERROR', at: Date.now() })
+    // As the bridge does: the failed peer backs off (so it is no candidate), then the command is told.
+    const reason = 'supervisord unix:/run/secret.sock (user admin): b0: SPAWN_ERROR'
+    held.upstreams.get('b').peers[0].setBackoff({ step: 1, until: Date.now() + 60_000, reason, cause: 'program' })
+    held.upstreams.emit('command', { upstream: 'b', index: 0, command: 'start', ok: false, fault: 'SPAWN_ERROR', reason, at: Date.now() })
   })
   const failed = await held.inject('/')
   t.equal(failed.statusCode, 502)
