@@ -52,6 +52,8 @@ export interface PeerOwner {
 
 export interface PeerConfig {
   index: number
+  /** `https`: reached over TLS, with the upstream's `tls` settings. */
+  scheme: 'http' | 'https'
   host: string
   port: number
   weight: number
@@ -67,11 +69,13 @@ export interface PeerConfig {
  */
 export class Peer {
   readonly index: number
+  /** `https` for an `https://` address: the proxy and the checks reach it over TLS. */
+  readonly scheme: 'http' | 'https'
   readonly host: string
   readonly port: number
   /** `host:port`, as written in logs and on the status page. */
   readonly address: string
-  /** `http://host:port`, what the proxy sends to. */
+  /** `http://host:port` or `https://host:port`, what the proxy sends to. */
   readonly origin: string
   readonly backup: boolean
   readonly configuredDown: boolean
@@ -106,11 +110,12 @@ export class Peer {
   constructor (owner: PeerOwner, config: PeerConfig) {
     this.#owner = owner
     this.index = config.index
+    this.scheme = config.scheme
     this.host = config.host
     this.port = config.port
     const hostPart = config.host.includes(':') ? `[${config.host}]` : config.host
     this.address = `${hostPart}:${config.port}`
-    this.origin = `http://${this.address}`
+    this.origin = `${config.scheme}://${this.address}`
     this.#weight = config.weight
     this.backup = config.backup
     this.configuredDown = config.down

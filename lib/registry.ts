@@ -21,7 +21,7 @@ export interface RegistryOptions {
 }
 
 /** Option sections of an upstream that the registry itself reads. */
-const REGISTRY_SECTIONS = ['servers', 'balancer', 'hashKey', 'hashConsistent'] as const satisfies ReadonlyArray<keyof UpstreamOptions>
+const REGISTRY_SECTIONS = ['servers', 'balancer', 'hashKey', 'hashConsistent', 'tls'] as const satisfies ReadonlyArray<keyof UpstreamOptions>
 
 /**
  * The upstreams and their peers' state, shared by every plugin of the suite.

@@ -6,10 +6,11 @@ import type { HashKey } from '../balancers/hash.js'
 import type { RegistryEvents } from './events.js'
 import { Peer, type PeerChange, type PeerOwner, type StartBackoff } from './peer.js'
 import { PeerOutOfRangeError } from './errors.js'
+import { tlsSettings, type TlsOptions, type UpstreamTls } from './tls-options.js'
 import { optionKeys, booleanOption, durationOption, numberOption, optionError, rejectUnknownOptions, showValue, splitHostPort } from './options.js'
 
 export interface ServerOptions {
-  /** `host:port`, `[v6]:port` or `http://host:port`. */
+  /** `host:port`, `[v6]:port`, `http://host:port` or `https://host:port` (reached over TLS, see the upstream's `tls`). */
   address: string
   /** Share of traffic relative to the other peers (default 1). */
   weight?: number
@@ -36,6 +37,8 @@ export interface UpstreamOptions {
   hashKey?: HashKey
   /** For `balancer: 'hash'`: nginx's `hash $key consistent` (default true) or its plain `hash $key` (false). */
   hashConsistent?: boolean
+  /** How `https://` servers are reached: CA, client certificate, SNI, verification (default Node's roots, verified). */
+  tls?: TlsOptions
 }
 
 /**
@@ -77,6 +80,8 @@ export class Upstream implements PeerOwner, BalancedUpstream {
   readonly balancer: Balancer
   /** The upstream's whole configuration, for the plugins that own its other sections. */
   readonly options: Readonly<UpstreamOptions>
+  /** The `tls` section, checked, with its secure context built once; set when some server is `https://`. */
+  readonly tls: UpstreamTls | undefined
   #version = 0
   #startsOnDemand = false
   #supervisord = 'none'
@@ -98,6 +103,9 @@ export class Upstream implements PeerOwner, BalancedUpstream {
     this.peers = options.servers.map((server, index) => new Peer(this, serverConfig(server, index, `${where} server ${index}`)))
     this.balancer = balancerOf(options, where)
     this.#startOrder = [...this.peers.filter(peer => !peer.backup), ...this.peers.filter(peer => peer.backup)]
+    const https = this.peers.some(peer => peer.scheme === 'https')
+    if (options.tls !== undefined && !https) throw optionError(where, 'option "tls" is only read for https:// servers (none is)')
+    this.tls = https ? tlsSettings(options.tls, where) : undefined
   }
 
   /** Bumped on every announced peer change: a balancer may cache until it moves. */
@@ -260,21 +268,24 @@ function validHashKey (key: unknown): boolean {
   return Object.keys(key).length === 1 && typeof value === 'string' && value !== ''
 }
 
-/** `host:port`, `[v6]:port` or `http://host:port[/]`, into host and port. */
-export function parseAddress (address: unknown, where: string): { host: string, port: number } {
+/** `host:port`, `[v6]:port`, `http://host[:port][/]` or `https://host[:port][/]`, into scheme, host and port. */
+export function parseAddress (address: unknown, where: string): { scheme: 'http' | 'https', host: string, port: number } {
   let hostPort = typeof address === 'string' ? address : ''
-  if (/^http:\/\//i.test(hostPort)) {
+  let scheme: 'http' | 'https' = 'http'
+  if (/^https?:\/\//i.test(hostPort)) {
     const url = URL.canParse(hostPort) ? new URL(hostPort) : undefined
-    if (url === undefined || url.port === '' || (url.pathname !== '/' && url.pathname !== '') || url.search !== '' || url.username !== '') {
-      throw optionError(where, `option "address" must be host:port or http://host:port (no path), got ${showValue(address)}`)
+    if (url === undefined || (url.pathname !== '/' && url.pathname !== '') || url.search !== '' || url.hash !== '' || url.username !== '' || url.password !== '') {
+      throw optionError(where, `option "address" must be host:port, http://host:port or https://host:port (no path), got ${showValue(address)}`)
     }
-    hostPort = url.host
+    scheme = url.protocol === 'https:' ? 'https' : 'http'
+    // The URL drops a port that is the scheme's default: put it back.
+    hostPort = url.port === '' ? `${url.host}:${scheme === 'https' ? 443 : 80}` : url.host
   }
   const parts = splitHostPort(hostPort)
   if (parts === undefined) {
     throw optionError(where, `option "address" must be host:port with a port from 1 to 65535, got ${showValue(address)}`)
   }
-  return parts
+  return { scheme, ...parts }
 }
 
 function serverConfig (server: string | ServerOptions, index: number, where: string) {

@@ -18,7 +18,7 @@ t.test('bad options fail with the upstream, the server index and the option name
   t.throws(build({ api: { servers: ['127.0.0.1:1', 'localhost'] } }),
     /upstream "api" server 1: option "address" must be host:port with a port from 1 to 65535, got "localhost"/)
   t.throws(build({ api: { servers: ['127.0.0.1:70000'] } }), /server 0: option "address"/)
-  t.throws(build({ api: { servers: ['http://127.0.0.1:80/path'] } }), /server 0: option "address" must be host:port or http:\/\/host:port \(no path\)/)
+  t.throws(build({ api: { servers: ['http://127.0.0.1:80/path'] } }), /server 0: option "address" must be host:port, http:\/\/host:port or https:\/\/host:port \(no path\)/)
   t.throws(build({ api: { servers: [{ address: '127.0.0.1:1', weight: 0 }] } }),
     /upstream "api" server 0: option "weight" must be an integer from 1 to 1000, got 0/)
   t.throws(build({ api: { servers: [{ address: '127.0.0.1:1', weight: -2 }] } }), /option "weight"/)
@@ -35,9 +35,9 @@ t.test('bad options fail with the upstream, the server index and the option name
 })
 
 t.test('addresses: host:port, [v6]:port and http URLs', async t => {
-  t.same(parseAddress('127.0.0.1:8000', 'x'), { host: '127.0.0.1', port: 8000 })
-  t.same(parseAddress('[::1]:8000', 'x'), { host: '::1', port: 8000 })
-  t.same(parseAddress('http://localhost:8001/', 'x'), { host: 'localhost', port: 8001 })
+  t.same(parseAddress('127.0.0.1:8000', 'x'), { scheme: 'http', host: '127.0.0.1', port: 8000 })
+  t.same(parseAddress('[::1]:8000', 'x'), { scheme: 'http', host: '::1', port: 8000 })
+  t.same(parseAddress('http://localhost:8001/', 'x'), { scheme: 'http', host: 'localhost', port: 8001 })
   const r = new Registry({ upstreams: { a: { servers: ['[::1]:9000'] } } })
   t.equal(r.get('a').peers[0].origin, 'http://[::1]:9000')
 })
