@@ -6,6 +6,7 @@ export { Registry } from './lib/registry.js'
 export type { RegistryOptions } from './lib/registry.js'
 export { Upstream, parseAddress, MAX_WEIGHT } from './lib/upstream.js'
 export type { UpstreamOptions, ServerOptions } from './lib/upstream.js'
+export type { TlsOptions, UpstreamTls } from './lib/tls-options.js'
 export type { RegistryEvents, DemandEvent, CommandEvent, ScaleEvent } from './lib/events.js'
 export { Peer, ADMIN_STATES } from './lib/peer.js'
 export type { ProcessState, AdminState, HealthState, PassiveState, CheckResult, PeerChange } from './lib/peer.js'
@@ -22,8 +23,8 @@ export type { SupervisordOptions, SupervisordTarget } from './lib/supervisord-ad
 
 export { default as healthCheck } from './plugins/health.js'
 export type { HealthCheckOptions, HealthPluginOptions } from './lib/health-checker.js'
-export { probe } from './lib/health-probe.js'
-export type { ProbeOptions, ExpectedStatus } from './lib/health-probe.js'
+export { probe, Prober } from './lib/health-probe.js'
+export type { ProbeOptions, ProbeTarget, ProbeTls, ExpectedStatus } from './lib/health-probe.js'
 
 export { default as scaler } from './plugins/scaler.js'
 export type { ScaleOptions } from './lib/scaler.js'

@@ -6,13 +6,13 @@ export type { HealthCheckOptions, HealthPluginOptions } from '../lib/health-chec
 
 /**
  * Active health checks: each upstream with a `healthCheck` section has its
- * peers checked on a timer, and their health set by rise/fall. Checks run
- * from onReady to onClose; close aborts the ones in flight.
+ * peers checked on one shared schedule, and their health set by rise/fall.
+ * Checks run from onReady to onClose; close aborts the ones in flight.
  */
 async function healthPlugin (fastify: FastifyInstance, options: HealthPluginOptions): Promise<void> {
   const checks = new HealthChecks(fastify.upstreams, options ?? {}, fastify.log)
   fastify.addHook('onReady', async () => checks.start())
-  fastify.addHook('onClose', async () => await checks.stop())
+  fastify.addHook('onClose', async () => checks.stop())
 }
 
 export default fp(healthPlugin, {

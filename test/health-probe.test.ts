@@ -99,9 +99,9 @@ t.test('chunked bodies are decoded, and body expectations match across chunks', 
   for (const byte of Buffer.from(chunked)) verdict ??= reader.feed(Buffer.from([byte]))
   t.equal(verdict, 'OK', 'fed a byte at a time')
   const broken = new ResponseReader()
-  t.equal(broken.feed(Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n')), 'error BAD_RESPONSE', 'a bad chunk size')
+  t.equal(broken.feed(Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n')), 'bad response: bad chunk size', 'a bad chunk size')
   const noCrlf = new ResponseReader()
-  t.equal(noCrlf.feed(Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX')), 'error BAD_RESPONSE', 'no CRLF after chunk data')
+  t.equal(noCrlf.feed(Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX')), 'bad response: no CR LF after chunk data', 'no CRLF after chunk data')
 })
 
 t.test('a body until close, an interim 1xx and bodiless statuses', async t => {
@@ -179,13 +179,13 @@ t.test('timed out, connection refused, closed early, garbage', async t => {
   t.equal((await probe(at(cutChunks.port))).reason, 'closed early', 'before the last chunk')
 
   const garbage = await answering(t, 'SSH-2.0-OpenSSH_9.6\r\n\r\n')
-  t.equal((await probe(at(garbage.port))).reason, 'error BAD_RESPONSE')
+  t.equal((await probe(at(garbage.port))).reason, 'bad response: not an HTTP/1.x status line')
   const badHeader = await answering(t, 'HTTP/1.1 200 OK\r\nno colon here\r\n\r\n')
-  t.equal((await probe(at(badHeader.port))).reason, 'error BAD_RESPONSE')
+  t.equal((await probe(at(badHeader.port))).reason, 'bad response: a header line without a name')
   const twoLengths = await answering(t, 'HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok')
-  t.equal((await probe(at(twoLengths.port))).reason, 'error BAD_RESPONSE')
+  t.equal((await probe(at(twoLengths.port))).reason, 'bad response: bad Content-Length')
   const endless = await answering(t, 'HTTP/1.1 200 OK\r\n' + 'X-Padding: aaaaaaaaaaaaaaaa\r\n'.repeat(1000), false)
-  t.equal((await probe(at(endless.port))).reason, 'error BAD_RESPONSE', 'a head past 16 KiB')
+  t.equal((await probe(at(endless.port))).reason, 'bad response: head over 16 KiB', 'a head past 16 KiB')
   t.equal((await probe({ host: '127.0.0.1', port: 70000 })).reason, 'error ERR_SOCKET_BAD_PORT', 'never throws')
 })
 
