@@ -132,6 +132,21 @@ t.test('a never-ending head, body, chunked body, chunk framing or trailer sectio
   t.ok(Date.now() - start < 5000)
 })
 
+t.test('chunk framing is bounded, not only the body it carries', async t => {
+  const reader = new ResponseReader({ maxBody: 4096 })
+  t.equal(reader.feed(Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n')), undefined)
+  // One body byte per kilobyte of chunk extension: 4 MB before maxBody alone would stop it.
+  const piece = Buffer.from('1;' + 'e'.repeat(1000) + '\r\nx\r\n')
+  let fed = 0
+  let verdict: string | undefined
+  while (verdict === undefined && fed < 10_000_000) {
+    verdict = reader.feed(piece)
+    fed += piece.length
+  }
+  t.equal(verdict, 'body too large')
+  t.ok(fed <= 2 * 4096 + 16 * 1024 + piece.length, `gave up after ${fed} bytes`)
+})
+
 t.test('the reader bounds trailers when it reads to the exact end (keepAlive)', async t => {
   const reader = new ResponseReader({ keepAlive: true })
   t.equal(reader.feed(Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n')), undefined, 'the trailer section is awaited')
