@@ -1,6 +1,7 @@
-import { execFileSync } from 'node:child_process'
+import { execFileSync, fork } from 'node:child_process'
 import net from 'node:net'
 import os from 'node:os'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import v8 from 'node:v8'
 import vm from 'node:vm'
 import { pathToFileURL } from 'node:url'
@@ -47,27 +48,35 @@ async function cpuDuring (ms: number, work: (until: number) => Promise<void>): P
   return { percent: (used.user + used.system) / 1000 / (to - from) * 100, from, to }
 }
 
-/** The same connections with bare sockets (connect, request, read to close): what the machine charges for the TCP work itself. */
-async function bareRounds (ports: number[], interval: number, until: number): Promise<void> {
-  const request = 'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n'
-  const bare = async (port: number): Promise<void> => await new Promise(resolve => {
-    const socket = net.connect(port, '127.0.0.1', () => socket.write(request))
+/**
+ * The same traffic from bare sockets, without the checker: a connection per
+ * request (connect, request, read to close), or one kept connection per port.
+ * What the machine charges for the socket work itself: the floor.
+ */
+async function bareRounds (ports: number[], interval: number, keepAlive: boolean, until: number): Promise<void> {
+  const request = Buffer.from(`GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n${keepAlive ? '' : 'Connection: close\r\n'}\r\n`)
+  const open = async (port: number): Promise<net.Socket> => await new Promise(resolve => {
+    const socket = net.connect(port, '127.0.0.1', () => resolve(socket))
     socket.on('data', () => {})
-    socket.on('close', () => resolve())
     socket.on('error', () => {})
-    socket.setTimeout(2000, () => socket.destroy())
+    if (!keepAlive) socket.setTimeout(2000, () => socket.destroy())
   })
+  const kept = keepAlive ? await Promise.all(ports.map(open)) : []
+  const send = (i: number): void => {
+    if (keepAlive) kept[i].write(request)
+    else open(ports[i]).then(socket => socket.end(request), () => {})
+  }
   // Spread over the interval as the checker spreads its checks: a slice every 10 ms.
-  const slices = Math.max(1, Math.floor(interval / 10))
-  const perSlice = Math.ceil(ports.length / slices)
+  const perSlice = Math.ceil(ports.length / Math.max(1, Math.floor(interval / 10)))
   while (Date.now() < until) {
     const round = Date.now()
     for (let i = 0; i < ports.length && Date.now() < until; i += perSlice) {
-      for (const port of ports.slice(i, i + perSlice)) bare(port).catch(() => {})
+      for (let j = i; j < Math.min(ports.length, i + perSlice); j++) send(j)
       await sleep(10)
     }
     await sleep(Math.max(0, Math.min(until, round + interval) - Date.now()))
   }
+  for (const socket of kept) socket.destroy()
 }
 
 async function checker (ports: number[], interval: number, keepAlive: boolean): Promise<FastifyInstance> {
@@ -89,7 +98,9 @@ interface Figures {
   p50: number
   p99: number
   cpu: number
-  floor: number | undefined
+  floor: number
+  /** RSS of the gateway process with the checker idle (the proxy listening), after a full GC. */
+  rssBase: number
   rssPeak: number
   rssAfter: number
   heapAfter: number
@@ -97,9 +108,54 @@ interface Figures {
   proxyChecking: number
   /** Per round: proxy p99 checking / idle. */
   ratios: number[]
+  /** p99 of this process's event-loop delay under the proxy's load, ms (medians of the rounds). */
+  loopIdle: number
+  loopChecking: number
+}
+
+/** The proxy's p99 under a bounded load, and the p99 of the event-loop delay the requests met meanwhile. */
+async function proxyRound (url: string): Promise<{ p99: number, loop: number }> {
+  const delay = monitorEventLoopDelay({ resolution: 1 })
+  delay.enable()
+  const { p99 } = await runLoad({ url, ...LOAD })
+  delay.disable()
+  return { p99, loop: delay.percentile(99) / 1e6 }
 }
 
 const quantile = (sorted: number[], q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))] ?? NaN
+
+/** What a gateway process is asked to measure. */
+interface GatewayJob { ports: number[], served: number[], interval: number, mode: typeof MODES[number] }
+
+/**
+ * One gateway process per scenario and mode: a proxy over the served
+ * backends and the checker of `ports`, so that CPU and memory are this
+ * process's alone and no scenario inherits another's heap.
+ */
+async function gateway ({ ports, served, interval, mode }: GatewayJob): Promise<Figures> {
+  const front = Fastify({ logger: false })
+  await front.register(registry, { upstreams: { front: { servers: served.map(port => `127.0.0.1:${port}`) } } })
+  await front.register(proxy, { upstream: 'front', disableRequestLogging: true })
+  await front.listen({ port: 0, host: '127.0.0.1' })
+  try {
+    return await measure(ports, interval, mode, `http://127.0.0.1:${(front.server.address() as net.AddressInfo).port}/`)
+  } finally {
+    await front.close()
+  }
+}
+
+async function inGatewayProcess (job: GatewayJob): Promise<Figures> {
+  const child = fork(new URL(import.meta.url), ['gateway'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  try {
+    return await new Promise<Figures>((resolve, reject) => {
+      child.once('message', message => resolve(message as Figures))
+      child.once('exit', code => reject(new Error(`the gateway process exited with ${code}`)))
+      child.send(job)
+    })
+  } finally {
+    child.kill()
+  }
+}
 
 async function measure (ports: number[], interval: number, mode: typeof MODES[number], proxyUrl: string): Promise<Figures> {
   const warmup = interval + 500
@@ -116,19 +172,18 @@ async function measure (ports: number[], interval: number, mode: typeof MODES[nu
   const latencies = results.map(check => check.latencyMs).sort((a, b) => a - b)
 
   // The proxy's p99 checking and idle, alternated (checking, idle, checking...) so drift hits both alike.
-  const job = { url: proxyUrl, ...LOAD }
-  const idle: number[] = []
-  const checking: number[] = []
+  const idle: Array<{ p99: number, loop: number }> = []
+  const checking: Array<{ p99: number, loop: number }> = []
   for (let round = 0; round < PROXY_ROUNDS; round++) {
     if (round > 0) {
       app = await checker(ports, interval, mode.keepAlive)
       await sleep(warmup)
     }
-    checking.push((await runLoad(job)).p99)
+    checking.push(await proxyRound(proxyUrl))
     await app.close()
-    idle.push((await runLoad(job)).p99)
+    idle.push(await proxyRound(proxyUrl))
   }
-  const floor = mode.keepAlive ? undefined : (await cpuDuring(window, async until => await bareRounds(ports, interval, until))).percent
+  const floor = (await cpuDuring(window, async until => await bareRounds(ports, interval, mode.keepAlive, until))).percent
   return {
     peers: ports.length,
     interval,
@@ -139,12 +194,15 @@ async function measure (ports: number[], interval: number, mode: typeof MODES[nu
     p99: quantile(latencies, 0.99),
     cpu: checked.percent,
     floor,
+    rssBase: before.rss,
     rssPeak: peak.rss - before.rss,
     rssAfter: after.rss - before.rss,
     heapAfter: after.heapUsed - before.heapUsed,
-    proxyIdle: median(idle),
-    proxyChecking: median(checking),
-    ratios: checking.map((value, i) => value / idle[i])
+    proxyIdle: median(idle.map(round => round.p99)),
+    proxyChecking: median(checking.map(round => round.p99)),
+    ratios: checking.map((round, i) => round.p99 / idle[i].p99),
+    loopIdle: median(idle.map(round => round.loop)),
+    loopChecking: median(checking.map(round => round.loop))
   }
 }
 
@@ -152,7 +210,8 @@ function print (all: Figures[], limited: boolean): void {
   const [load1, load5] = os.loadavg()
   console.log(`\nHealth checks, http, backends in a process of their own; ${os.cpus().length} cores, load average ${load1.toFixed(1)} / ${load5.toFixed(1)} (1 / 5 min) at the end` +
     (limited ? `; peers limited by the open-file limit (${fileLimit()})` : ''))
-  console.log('peers @ interval  mode       checks/s  failed  check p50 / p99 ms  CPU % of a core  RSS added peak / after GC  proxy p99 idle / checking ms  checking / idle (median, rounds)')
+  console.log('peers @ interval  mode       checks/s  failed  check p50 / p99 ms  CPU % of a core  CPU µs/check  RSS idle + added peak / after GC  ' +
+    'loop delay p99 idle / checking ms  proxy p99 idle / checking ms  checking / idle (median, rounds)')
   for (const f of all) {
     const ratio = median(f.ratios)
     console.log([
@@ -161,14 +220,17 @@ function print (all: Figures[], limited: boolean): void {
       f.checksPerSecond.toFixed(0).padStart(8),
       String(f.failed).padStart(7),
       `${f.p50.toFixed(2)} / ${f.p99.toFixed(2)}`.padStart(19),
-      `${f.cpu.toFixed(1)}${f.floor === undefined ? '' : ` (bare ${f.floor.toFixed(1)})`}`.padStart(16),
-      `${mb(f.rssPeak)} / ${mb(f.rssAfter)} MB`.padStart(26),
+      `${f.cpu.toFixed(1)} (bare ${f.floor.toFixed(1)})`.padStart(16),
+      (f.cpu / 100 * 1e6 / f.checksPerSecond).toFixed(0).padStart(13),
+      `${mb(f.rssBase)} + ${mb(f.rssPeak)} / ${mb(f.rssAfter)} MB`.padStart(33),
+      `${f.loopIdle.toFixed(2)} / ${f.loopChecking.toFixed(2)}`.padStart(34),
       `${f.proxyIdle.toFixed(2)} / ${f.proxyChecking.toFixed(2)}`.padStart(29),
       `  ${ratio.toFixed(2)} (${f.ratios.map(r => r.toFixed(2)).join(', ')})`
     ].join(' '))
   }
   console.log('targets: 1000 @ 1000 ms: < 10% of a core, < 50 MB, proxy p99 checking / idle <= 1.10. ' +
-    '"bare": the same connections opened by bare sockets, without the checker (the floor for Connection: close on this machine).')
+    '"bare": the same requests from bare sockets without the checker, a connection each or kept (the floor on this machine). ' +
+    'Each row is a gateway process of its own (proxy + checker); CPU and RSS are that process\'s.')
 }
 
 /**
@@ -185,22 +247,25 @@ export async function run (): Promise<void> {
   // The proxied backends live apart from the checked ones, so a busier
   // backend process is not mistaken for a slower proxy.
   const served = await startBackendProcess(2)
-  const front = Fastify({ logger: false })
-  await front.register(registry, { upstreams: { front: { servers: served.ports.map(port => `127.0.0.1:${port}`) } } })
-  await front.register(proxy, { upstream: 'front', disableRequestLogging: true })
-  await front.listen({ port: 0, host: '127.0.0.1' })
-  const proxyUrl = `http://127.0.0.1:${(front.server.address() as net.AddressInfo).port}/`
   const all: Figures[] = []
   try {
     for (const scenario of SCENARIOS) {
-      for (const mode of MODES) all.push(await measure(ports.slice(0, scenario.peers), scenario.interval, mode, proxyUrl))
+      for (const mode of MODES) all.push(await inGatewayProcess({ ports: ports.slice(0, scenario.peers), served: served.ports, interval: scenario.interval, mode }))
     }
   } finally {
-    await front.close()
     served.child.disconnect()
     child.disconnect()
   }
   print(all, affordable < most)
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1]).href) await run()
+if (process.argv[2] === 'gateway') {
+  process.once('message', job => {
+    gateway(job as GatewayJob).then(figures => process.send?.(figures), error => {
+      console.error(error)
+      process.exit(1)
+    })
+  })
+} else if (import.meta.url === pathToFileURL(process.argv[1]).href) {
+  await run()
+}
