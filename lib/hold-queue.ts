@@ -7,6 +7,8 @@ import { HoldOverflowError, HoldTimeoutError, NoPeerError, StartBackoffError, St
 
 interface Held {
   request: FastifyRequest
+  /** Epoch ms it was held. */
+  since: number
   deadline: number
   resolve: (peer: Peer) => void
   reject: (error: Error) => void
@@ -63,11 +65,14 @@ export class HoldQueue {
     }
     if (outlook.state === 'none') throw new NoPeerError(this.#upstream.name)
     if (this.#held.length >= this.#options.maxHeld) {
+      this.#upstream.countHoldOverflow()
       throw new HoldOverflowError(this.#upstream.name, this.#options.maxHeld)
     }
     return await new Promise<Peer>((resolve, reject) => {
       const first = this.#held.length === 0
-      this.#held.push({ request, deadline: Date.now() + this.#options.holdTimeout, resolve, reject })
+      const now = Date.now()
+      this.#held.push({ request, since: now, deadline: now + this.#options.holdTimeout, resolve, reject })
+      this.#upstream.holdMoved(1)
       if (!first) return
       this.#listen()
       this.#schedule()
@@ -82,6 +87,7 @@ export class HoldQueue {
     const at = this.#held.findIndex(held => held.request === request)
     if (at === -1) return
     this.#held.splice(at, 1)
+    this.#upstream.holdMoved(-1)
     if (this.#held.length === 0) this.#idle()
   }
 
@@ -134,10 +140,15 @@ export class HoldQueue {
 
   #release (): void {
     let next: Held | undefined
+    const now = Date.now()
+    let first = true
     while ((next = this.#held[0]) !== undefined) {
       const peer = this.#upstream.pick(next.request)
       if (peer === undefined) break
       this.#held.shift()
+      this.#upstream.holdMoved(-1)
+      this.#upstream.recordHoldWait(now - next.since, first)
+      first = false
       // Acquired here, not by the caller, so that a load-aware balancer sees
       // each released request before it picks for the next one.
       peer.acquire()
@@ -149,16 +160,23 @@ export class HoldQueue {
     const held = this.#held
     this.#held = []
     this.#idle()
-    for (const entry of held) entry.reject(error)
+    for (const entry of held) {
+      this.#upstream.holdMoved(-1)
+      entry.reject(error)
+    }
   }
 
   #expire (): void {
     this.#timer = undefined
     const now = Date.now()
     // Deadlines grow in arrival order: expired requests are a prefix.
+    let expired = 0
     while (this.#held.length > 0 && this.#held[0].deadline <= now) {
+      this.#upstream.holdMoved(-1)
+      expired++
       this.#held.shift()?.reject(new HoldTimeoutError(this.#upstream.name, this.#options.holdTimeout))
     }
+    this.#upstream.countHoldTimeouts(expired)
     if (this.#held.length === 0) this.#idle()
     else this.#schedule()
   }

@@ -1,3 +1,6 @@
+import { Buckets, LATENCY_BUCKETS } from './buckets.js'
+import type { FaultKind } from './fault.js'
+
 export type ProcessState = 'down' | 'starting' | 'up' | 'stopping'
 export type AdminState = 'ready' | 'drain' | 'maint'
 export type HealthState = 'unknown' | 'healthy' | 'unhealthy'
@@ -18,6 +21,30 @@ export interface StartBackoff {
 }
 
 export const ADMIN_STATES: readonly AdminState[] = ['ready', 'drain', 'maint']
+
+/** What a passive failure was, in the words of the fault rules (see fault.ts): refused or reset, timed out, a bad response, a `failStatuses` status. */
+export type FailureKind = Extract<FaultKind, 'connect' | 'timeout' | 'response' | 'status'> | 'other'
+export const FAILURE_KINDS: readonly FailureKind[] = ['connect', 'timeout', 'response', 'status', 'other']
+
+/** Status classes of the responses a peer sent, as HAProxy counts them. */
+export const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx', 'other'] as const
+export type StatusClass = typeof STATUS_CLASSES[number]
+
+/** The index in STATUS_CLASSES of a status. */
+export function statusClassIndex (status: number): number {
+  const hundreds = Math.floor(status / 100)
+  return hundreds >= 1 && hundreds <= 5 ? hundreds - 1 : 5
+}
+
+/** A check's outcome in a bounded set of words (the reason may carry a status or an error code). */
+export const CHECK_OUTCOMES = ['ok', 'timed out', 'connection refused', 'bad status', 'bad body', 'body too large', 'closed early', 'error'] as const
+export type CheckOutcome = typeof CHECK_OUTCOMES[number]
+
+export function checkOutcome (result: Pick<CheckResult, 'ok' | 'reason'>): CheckOutcome {
+  if (result.ok) return 'ok'
+  const words = result.reason.startsWith('bad status') ? 'bad status' : result.reason
+  return (CHECK_OUTCOMES as readonly string[]).includes(words) ? words as CheckOutcome : 'error'
+}
 
 /** One active check's outcome, in the words the nginx check modules used. */
 export interface CheckResult {
@@ -85,6 +112,7 @@ export class Peer {
   #owner: PeerOwner
   #weight: number
   #process: ProcessState
+  #processReason: string | undefined
   #admin: AdminState = 'ready'
   #health: HealthState = 'unknown'
   #passive: PassiveState = 'ok'
@@ -106,6 +134,16 @@ export class Peer {
   #rise = 0
   #fall = 0
   readonly #checks: CheckResult[] = []
+  // Counters read by the metrics and the status page, written by the named methods below.
+  readonly #responses = [0, 0, 0, 0, 0, 0]
+  readonly #failuresByKind: Record<FailureKind, number> = { connect: 0, timeout: 0, response: 0, status: 0, other: 0 }
+  #retries = 0
+  #redispatches = 0
+  readonly #checkOutcomes = new Map<CheckOutcome, number>()
+  /** Seconds from a request sent to this peer to its response headers (HAProxy's Tr). */
+  readonly responseTime = new Buckets(LATENCY_BUCKETS)
+  /** Seconds each active check took. */
+  readonly checkDuration = new Buckets(LATENCY_BUCKETS)
 
   constructor (owner: PeerOwner, config: PeerConfig) {
     this.#owner = owner
@@ -129,6 +167,8 @@ export class Peer {
   get program (): string | null { return this.#program }
   get weight (): number { return this.#weight }
   get process (): ProcessState { return this.#process }
+  /** Why the process state last changed (`supervisord says EXITED`, `stopped`, a fault name, ...). */
+  get processReason (): string | undefined { return this.#processReason }
   get admin (): AdminState { return this.#admin }
   get health (): HealthState { return this.#health }
   get passive (): PassiveState { return this.#passive }
@@ -146,6 +186,16 @@ export class Peer {
   get rise (): number { return this.#rise }
   /** Consecutive failing active checks. */
   get fall (): number { return this.#fall }
+  /** Responses it sent, by status class (the order of STATUS_CLASSES). */
+  get responses (): readonly number[] { return this.#responses }
+  /** Passive failures since start, by kind. */
+  get failuresByKind (): Readonly<Record<FailureKind, number>> { return this.#failuresByKind }
+  /** Requests sent to it after another peer failed them (or after they were held again). */
+  get retries (): number { return this.#retries }
+  /** Requests moved from it to another peer (a failure, or a rescue when it was taken out), HAProxy's redispatches. */
+  get redispatches (): number { return this.#redispatches }
+  /** Active checks since start, by outcome. */
+  get checkOutcomes (): ReadonlyMap<CheckOutcome, number> { return this.#checkOutcomes }
   /** Most recent active checks, oldest first, bounded by the health checker. */
   get checks (): readonly CheckResult[] { return this.#checks }
   get lastCheck (): CheckResult | null { return this.#checks.at(-1) ?? null }
@@ -185,6 +235,7 @@ export class Peer {
     const from = this.#process
     if (from === state) return
     this.#process = state
+    this.#processReason = reason
     this.#changed('process', from, state, reason)
   }
 
@@ -236,6 +287,9 @@ export class Peer {
    * by the checker, which knows the thresholds.
    */
   recordCheck (result: CheckResult, history: number): void {
+    const outcome = checkOutcome(result)
+    this.#checkOutcomes.set(outcome, (this.#checkOutcomes.get(outcome) ?? 0) + 1)
+    this.checkDuration.observe(result.latencyMs / 1000)
     this.#checks.push(result)
     if (this.#checks.length > history) this.#checks.splice(0, this.#checks.length - history)
     if (result.ok) {
@@ -309,8 +363,9 @@ export class Peer {
    * takes it out again, a success (after failTimeout) clears the count. A
    * lone peer is never taken out; maxFails 0 disables it.
    */
-  recordFailure (reason: string, now = Date.now()): void {
+  recordFailure (reason: string, now = Date.now(), kind: FaultKind | 'other' = 'other'): void {
     this.#fails++
+    this.#failuresByKind[kind in this.#failuresByKind ? kind as FailureKind : 'other']++
     if (this.maxFails === 0 || this.#passive === 'failed' || this.lone) return
     const onProbation = this.#failCount >= this.maxFails
     if (!onProbation && now - this.#lastFailure > this.failTimeout) this.#failCount = 0
@@ -320,6 +375,22 @@ export class Peer {
     this.#changed('passive', 'ok', 'failed', reason)
     this.#passiveTimer = setTimeout(() => this.#endPassive('failTimeout passed'), this.failTimeout)
     this.#passiveTimer.unref()
+  }
+
+  /** The peer answered with `status`, `seconds` after the request was sent to it. */
+  recordResponse (status: number, seconds: number): void {
+    this.#responses[statusClassIndex(status)]++
+    this.responseTime.observe(seconds)
+  }
+
+  /** A request came to this peer after another failed it (or after it was held again). */
+  recordRetry (): void {
+    this.#retries++
+  }
+
+  /** A request left this peer for another (a failure, or a rescue). */
+  recordRedispatch (): void {
+    this.#redispatches++
   }
 
   /**

@@ -110,6 +110,8 @@ export class Attempt implements Dispatcher.DispatchHandler {
   #interim = 0
   /** Why the proxy gave this attempt up (the client left, the peer was taken out); its outcome is ignored then. */
   abandoned: Error | null = null
+  /** performance.now() when it was made (and dispatched): its response time counts from here. */
+  readonly startedAt = performance.now()
   response: Readable | null = null
 
   constructor (owner: AttemptOwner, exchange: Exchange, peer: Peer) {

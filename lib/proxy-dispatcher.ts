@@ -198,7 +198,7 @@ export class ProxyDispatcher implements AttemptOwner {
 
   #charge (peer: Peer, fault: Fault): void {
     if (fault.party !== 'peer') return
-    peer.recordFailure(fault.reason)
+    peer.recordFailure(fault.reason, Date.now(), fault.kind)
     this.#log.write('warn', `${peer.index} ${fault.reason}`,
       { upstream: this.#upstream.name, peer: peer.address, kind: fault.kind, reason: fault.reason }, 'proxy: peer failed')
   }

@@ -4,6 +4,8 @@ import { ADMIN_STATES, type AdminState, type Peer } from './peer.js'
 import { MAX_WEIGHT, Upstream, type UpstreamOptions } from './upstream.js'
 import { numberOption, optionError, showValue } from './options.js'
 import { BadAdminStateError, UnknownUpstreamError } from './errors.js'
+import { Activity } from './activity.js'
+import type { OperatorRoutes } from './operator-routes.js'
 
 /** Where a registry reports a listener that threw (a Fastify logger fits). */
 export interface RegistryLog {
@@ -30,6 +32,9 @@ const REGISTRY_SECTIONS = ['servers', 'balancer', 'hashKey', 'hashConsistent', '
  */
 export class Registry extends EventEmitter<RegistryEvents> {
   readonly upstreams: ReadonlyMap<string, Upstream>
+  /** Time in state, request rates and last commands of the peers (sampled from the server's start to its close). */
+  readonly activity: Activity
+  readonly #operatorRoutes = new Map<string, OperatorRoutes>()
   readonly #claimed = new Set<string>(REGISTRY_SECTIONS)
   readonly #log: RegistryLog
 
@@ -46,6 +51,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
       upstreams.set(name, new Upstream(this, name, upstream))
     }
     this.upstreams = upstreams
+    this.activity = new Activity(this, upstreams)
   }
 
   /**
@@ -91,6 +97,17 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return peer
   }
 
+  /** The operator routes plugin says where it answers for an upstream, so that the status page can post to it. */
+  announceOperatorRoutes (routes: OperatorRoutes): void {
+    this.get(routes.upstream)
+    this.#operatorRoutes.set(routes.upstream, routes)
+  }
+
+  /** Where the operator routes of an upstream are mounted, if they are. */
+  operatorRoutes (upstream: string): OperatorRoutes | undefined {
+    return this.#operatorRoutes.get(upstream)
+  }
+
   /** A plugin says it reads this section of the upstreams' options. */
   claim (section: string): void {
     this.#claimed.add(section)
@@ -108,6 +125,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   close (): void {
+    this.activity.stop()
     for (const upstream of this.upstreams.values()) {
       for (const peer of upstream.peers) peer.dispose()
     }

@@ -81,6 +81,7 @@ class UpstreamScaler {
     const up = this.#upstream.peers.filter(peer => peer.running)
     for (let missing = this.#settings.minRunning - up.length; missing > 0; missing--) this.#start(0, up.length, 'min running')
     this.#lastRequests = this.#totalRequests()
+    this.#read(null, up.length)
     this.#windowTimer = setTimeout(() => this.#onWindow(), this.#settings.window).unref()
     if (this.#settings.targetInFlight !== undefined) {
       this.#panicTimer = setTimeout(() => this.#onSample(), this.#settings.panicWindow / PANIC_SAMPLES).unref()
@@ -104,8 +105,16 @@ class UpstreamScaler {
     this.#lastRequests = total
     const up = this.#upstream.peers.filter(peer => peer.running)
     const load = requests / (this.#settings.window / 1000) / Math.max(up.length, 1)
+    this.#read(load, up.length)
     this.#decide(requests, load, up)
     this.#windowTimer = setTimeout(() => this.#onWindow(), this.#settings.window).unref()
+  }
+
+  /** What the status page and the metrics show: the last load against the threshold, and when the next decision comes. */
+  #read (load: number | null, running: number): void {
+    const now = Date.now()
+    const { loadThreshold: threshold, minRunning, maxRunning, window } = this.#settings
+    this.#upstream.recordScale({ load: load === null ? null : Math.round(load * 100) / 100, threshold, running, minRunning, maxRunning, at: load === null ? null : now, nextAt: now + window })
   }
 
   #decide (requests: number, load: number, up: Peer[]): void {
@@ -169,7 +178,11 @@ class UpstreamScaler {
       reason,
       at: Date.now()
     }
-    this.#log.info(event, `scale ${action} ${this.#upstream.name}${peer.index}: ${reason}`)
+    // The program's own name (supervisordName may differ from the upstream's), its address without a bridge.
+    const program = peer.program ?? peer.address
+    this.#log.info({ ...event, program },
+      `scale: ${action} ${program} (peer ${peer.index} of upstream "${this.#upstream.name}"): ${reason}, load ${event.load} ` +
+      `${reason === 'in-flight' ? 'in flight' : 'req/s'} per running peer against ${event.threshold}, ${runningCount} running`)
     this.#registry.emit('scale', event)
   }
 }

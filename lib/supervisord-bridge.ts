@@ -20,6 +20,8 @@ export interface ExecuteOptions {
   wait?: boolean
   /** Pin the peer (default true): the scaler leaves it alone until `unpin()`. */
   pin?: boolean
+  /** Why, for the log line of the command (default `operator`). */
+  why?: string
 }
 
 export interface ExecuteResult {
@@ -58,7 +60,15 @@ export interface SupervisordBridge {
   label (upstream: string): string
 }
 
-interface Pending {
+/** Who asked for a command and when: for its log line. */
+interface Asked {
+  /** operator, demand, scaler (and its reason), stopOnFailure. */
+  why: string
+  /** Epoch ms it was accepted. */
+  since: number
+}
+
+interface Pending extends Asked {
   command: Command
   done: Promise<ExecuteResult>
   /** Aborted when a later command replaces this one: its drain or readiness wait ends. */
@@ -207,7 +217,8 @@ export class Bridge implements SupervisordBridge {
     if (!('peer' in pc)) return pc
     // Operator intent: the scaler leaves the peer alone until it is released.
     if (options.pin !== false) pc.peer.setPin(command === 'start' ? 'up' : 'down', `operator ${command}`)
-    const accepted = backend === 'any' ? this.#anyAccepted(managed, pc, command) : this.#accept(managed, pc, command)
+    const why = options.why ?? 'operator'
+    const accepted = backend === 'any' ? this.#anyAccepted(managed, pc, command, why) : this.#accept(managed, pc, command, why)
     return options.wait === true ? await accepted.done : accepted.result
   }
 
@@ -280,10 +291,10 @@ export class Bridge implements SupervisordBridge {
     return managed.peers[peer.index]
   }
 
-  #anyAccepted (managed: Managed, pc: PeerControl, command: Command): Accepted {
+  #anyAccepted (managed: Managed, pc: PeerControl, command: Command, why: string): Accepted {
     managed.anyBusy = true
     managed.lastAny = Date.now()
-    const accepted = this.#accept(managed, pc, command)
+    const accepted = this.#accept(managed, pc, command, why)
     const free = (): void => { managed.anyBusy = false }
     accepted.done.then(free, free)
     return accepted
@@ -294,7 +305,7 @@ export class Bridge implements SupervisordBridge {
    * STOP from up/starting → stopping; a peer already in (or on its way to)
    * the target state is left alone.
    */
-  #accept (managed: Managed, pc: PeerControl, command: Command): Accepted {
+  #accept (managed: Managed, pc: PeerControl, command: Command, why: string): Accepted {
     const { peer } = pc
     if (pc.pending?.command === command) {
       return { result: resultOf(pc, command), done: pc.pending.done }
@@ -304,27 +315,30 @@ export class Bridge implements SupervisordBridge {
       return { result, done: Promise.resolve(result) }
     }
     if (managed.client === undefined) {
-      const result = this.#finishNone(managed, pc, command)
+      const result = this.#finishNone(managed, pc, command, why)
       return { result, done: Promise.resolve(result) }
     }
     pc.pending?.cancel.abort()
     const generation = ++pc.generation
     const cancel = new AbortController()
     peer.setProcess(MOVING[command], `${command} requested`)
-    const done = this.#run(managed, managed.client, pc, command, generation, AbortSignal.any([cancel.signal, this.#closing.signal]))
-    pc.pending = { command, done, cancel }
+    const asked: Asked = { why, since: Date.now() }
+    const done = this.#run(managed, managed.client, pc, command, generation, asked, AbortSignal.any([cancel.signal, this.#closing.signal]))
+    pc.pending = { command, ...asked, done, cancel }
     return { result: resultOf(pc, command), done }
   }
 
   /** `none` mode: the command takes effect at once and listeners are told. */
-  #finishNone (managed: Managed, pc: PeerControl, command: Command): ExecuteResult {
+  #finishNone (managed: Managed, pc: PeerControl, command: Command, why: string): ExecuteResult {
     pc.generation++
     pc.peer.setProcess(TARGET[command], `${command} (supervisord none)`)
+    this.#log.info({ upstream: pc.peer.upstream, program: pc.program, command, why },
+      `supervisord none: peer ${pc.peer.index} (${pc.program}) ${command === 'start' ? 'taken in' : 'taken out'} at once (${why})`)
     this.#emit(managed, pc, command, { ok: true })
     return resultOf(pc, command, { ok: true })
   }
 
-  async #run (managed: Managed, client: SupervisordClient, pc: PeerControl, command: Command, generation: number, signal: AbortSignal): Promise<ExecuteResult> {
+  async #run (managed: Managed, client: SupervisordClient, pc: PeerControl, command: Command, generation: number, asked: Asked, signal: AbortSignal): Promise<ExecuteResult> {
     const previous = pc.chain
     let release = (): void => {}
     pc.chain = new Promise(resolve => { release = resolve })
@@ -349,7 +363,7 @@ export class Bridge implements SupervisordBridge {
       // It runs but never answered: stop it (best effort), a start elsewhere may do better.
       client.stopProcess(pc.program, false).catch(() => {})
     }
-    return this.#finish(managed, pc, command, generation, outcome)
+    return this.#finish(managed, pc, command, generation, asked, outcome)
   }
 
   /** Takes the peer out of rotation and waits (bounded) for its in-flight requests to end. */
@@ -378,7 +392,7 @@ export class Bridge implements SupervisordBridge {
     }
   }
 
-  #finish (managed: Managed, pc: PeerControl, command: Command, generation: number, outcome: Outcome): ExecuteResult {
+  #finish (managed: Managed, pc: PeerControl, command: Command, generation: number, asked: Asked, outcome: Outcome): ExecuteResult {
     const { peer } = pc
     // A later command owns the peer now: this one's end changes nothing but is still told.
     const current = pc.generation === generation
@@ -387,10 +401,14 @@ export class Bridge implements SupervisordBridge {
       pc.pending = undefined
       // A poll sent before this end may answer after it: its (older) state must not win.
       pc.generation++
-      if (command === 'start') this.#startEnded(managed, pc, outcome, told)
+      if (command === 'start') this.#startEnded(managed, pc, asked, outcome, told)
       else if (outcome.ok) {
         peer.setProcess('down', 'stopped')
         peer.setPid(null)
+        if (told) {
+          this.#log.info({ upstream: peer.upstream, program: pc.program, command, why: asked.why, ms: Date.now() - asked.since },
+            `supervisord: stopped program "${pc.program}" (${asked.why}) in ${Date.now() - asked.since} ms`)
+        }
       } else if (outcome.fault === 'TIMEOUT') {
         // supervisord may still carry it out: out of rotation until its state is read again.
         this.#refresh(pc)
@@ -403,7 +421,7 @@ export class Bridge implements SupervisordBridge {
       if (peer.admin === 'drain') peer.setAdmin('ready', command === 'stop' && outcome.ok ? 'stopped' : 'stop did not happen')
     }
     if (!outcome.ok && told && command === 'stop') {
-      this.#log.error({ upstream: peer.upstream, program: pc.program, fault: outcome.fault, supervisord: supervisordLabel(managed.target) },
+      this.#log.error({ upstream: peer.upstream, program: pc.program, why: asked.why, fault: outcome.fault, supervisord: supervisordLabel(managed.target) },
         outcome.reason ?? 'supervisord: stop failed')
     }
     this.#emit(managed, pc, command, outcome)
@@ -411,7 +429,7 @@ export class Bridge implements SupervisordBridge {
   }
 
   /** A start ended: up (back-off over), or down in back-off, with one log line either way it matters. */
-  #startEnded (managed: Managed, pc: PeerControl, outcome: Outcome, told: boolean): void {
+  #startEnded (managed: Managed, pc: PeerControl, asked: Asked, outcome: Outcome, told: boolean): void {
     const { peer } = pc
     const client = managed.client as SupervisordClient
     if (outcome.ok) {
@@ -419,12 +437,10 @@ export class Bridge implements SupervisordBridge {
       this.#clearBackoff(client, pc)
       // A new process: the failures of the old one are not its own.
       peer.clearPassive('process started')
+      // Held requests are released within this change (or were, when a check passed first).
       peer.setProcess('up', 'started')
       this.#refreshPid(managed, pc)
-      if (failedBefore > 0) {
-        this.#log.info({ upstream: peer.upstream, program: pc.program, refused: managed.upstream.takeRefused() },
-          `supervisord: program "${pc.program}" started after ${failedBefore} failed starts`)
-      }
+      if (told) this.#logStart(managed, pc, asked, failedBefore)
       return
     }
     if (told) {
@@ -433,6 +449,7 @@ export class Bridge implements SupervisordBridge {
       this.#log.error({
         upstream: peer.upstream,
         program: pc.program,
+        why: asked.why,
         fault: outcome.fault,
         supervisord: client.label,
         backoffMs: delay,
@@ -442,6 +459,29 @@ export class Bridge implements SupervisordBridge {
         `no start of ${everyProgram ? `any program of supervisord ${client.label}` : `"${pc.program}"`} for ${delay} ms (failed start ${step} in a row)`)
     }
     peer.setProcess('down', outcome.fault)
+  }
+
+  /**
+   * One line per start that succeeded: the program, who asked, how long it
+   * took and, for a start on demand, how long the longest-held request had
+   * waited when it was released.
+   */
+  #logStart (managed: Managed, pc: PeerControl, asked: Asked, failedBefore: number): void {
+    const ms = Date.now() - asked.since
+    const hold = managed.upstream.hold
+    const waitedMs = hold.lastReleaseAt !== null && hold.lastReleaseAt >= asked.since ? hold.lastWaitMs : null
+    const details: Record<string, unknown> = { upstream: pc.peer.upstream, program: pc.program, command: 'start', why: asked.why, ms }
+    let message = `supervisord: started program "${pc.program}" (${asked.why}) in ${ms} ms`
+    if (asked.why === 'demand') {
+      details.waitedMs = waitedMs
+      message += waitedMs === null ? '; no request was held any more' : `; the first held request waited ${waitedMs} ms`
+    }
+    if (failedBefore > 0) {
+      details.failedBefore = failedBefore
+      details.refused = managed.upstream.takeRefused()
+      message += ` (after ${failedBefore} failed starts)`
+    }
+    this.#log.info(details, message)
   }
 
   /** The start back-off of the peer, or of every peer behind the daemon when the daemon failed. */
@@ -513,7 +553,7 @@ export class Bridge implements SupervisordBridge {
     if (peer !== undefined) {
       // Requests need a peer: an operator's stop no longer holds once it is started again.
       if (peer.pin === 'down') peer.setPin('none', 'started on demand')
-      this.#background(this.#accept(managed, managed.peers[peer.index], 'start'))
+      this.#background(this.#accept(managed, managed.peers[peer.index], 'start', 'demand'))
       return
     }
     const now = Date.now()
@@ -534,7 +574,7 @@ export class Bridge implements SupervisordBridge {
     const pc = managed.peers[change.index]
     if (!managed.stopOnFailure) return this.#refresh(pc)
     this.#log.warn({ upstream: change.upstream, program: pc.program, reason: change.reason }, 'supervisord: stopping a failed peer (stopOnFailure)')
-    this.#background(this.#accept(managed, pc, 'stop'))
+    this.#background(this.#accept(managed, pc, 'stop', 'stopOnFailure'))
   }
 
   /** The scaler decided: carry it out on the peer it chose (a stop drains first, as any stop), unless an operator pinned it meanwhile. */
@@ -542,7 +582,7 @@ export class Bridge implements SupervisordBridge {
     const managed = this.#managed.get(event.upstream)
     const pc = managed?.peers[event.index]
     if (managed === undefined || pc === undefined || this.#closing.signal.aborted || pc.peer.pin !== 'none') return
-    this.#background(this.#accept(managed, pc, event.action))
+    this.#background(this.#accept(managed, pc, event.action, `scaler: ${event.reason}`))
   }
 
   /** Work nobody awaits (a command, a wait): an error must not become an unhandled rejection. */

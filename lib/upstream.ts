@@ -4,7 +4,8 @@ import type { Balancer, BalancedUpstream, RoutableTiers } from '../balancers/bal
 import { BALANCER_NAMES, createBalancer, isBalancer, type BalancerName } from '../balancers/index.js'
 import type { HashKey } from '../balancers/hash.js'
 import type { RegistryEvents } from './events.js'
-import { Peer, type PeerChange, type PeerOwner, type StartBackoff } from './peer.js'
+import { Peer, statusClassIndex, type PeerChange, type PeerOwner, type StartBackoff } from './peer.js'
+import { Buckets, WAIT_BUCKETS } from './buckets.js'
 import { PeerOutOfRangeError } from './errors.js'
 import { tlsSettings, type TlsOptions, type UpstreamTls } from './tls-options.js'
 import { optionKeys, booleanOption, durationOption, numberOption, optionError, rejectUnknownOptions, showValue, splitHostPort } from './options.js'
@@ -71,6 +72,40 @@ export interface StopCandidateOptions {
   keep?: number
 }
 
+/** What the scaler last measured and when it decides next (read by the status page and the metrics). */
+export interface ScaleReading {
+  /** Requests per second per running peer over the last window (null before the first window ended). */
+  load: number | null
+  /** The loadThreshold it is held against. */
+  threshold: number
+  /** Peers running (up or starting) when it was measured. */
+  running: number
+  minRunning: number
+  maxRunning: number
+  /** Epoch ms of the last window's end (null before the first). */
+  at: number | null
+  /** Epoch ms of the next decision. */
+  nextAt: number
+}
+
+/** Requests held for a cold start, across the proxies over this upstream. */
+export interface HoldStats {
+  /** Held now. */
+  current: number
+  /** The most held at once since start. */
+  max: number
+  /** Refused because `maxHeld` were held already. */
+  overflows: number
+  /** Answered 503 after `holdTimeout`. */
+  timeouts: number
+  /** How long each released request had been held, in seconds. */
+  wait: Buckets
+  /** ms the longest-held request of the last release had waited (null before any). */
+  lastWaitMs: number | null
+  /** Epoch ms of the last release (null before any). */
+  lastReleaseAt: number | null
+}
+
 const SERVER_KEYS = optionKeys<ServerOptions>()('address', 'weight', 'backup', 'down', 'maxFails', 'failTimeout')
 export const MAX_WEIGHT = 1000
 
@@ -91,6 +126,10 @@ export class Upstream implements PeerOwner, BalancedUpstream {
   /** Primaries by index, then backups by index: the order peers are started in. */
   readonly #startOrder: readonly Peer[]
   #refused = 0
+  readonly #hold: HoldStats = { current: 0, max: 0, overflows: 0, timeouts: 0, wait: new Buckets(WAIT_BUCKETS), lastWaitMs: null, lastReleaseAt: null }
+  /** Every answer of the proxies over this upstream, the gateway's own errors included, by status class. */
+  readonly #answers = [0, 0, 0, 0, 0, 0]
+  #scale: ScaleReading | null = null
 
   constructor (registry: EventEmitter<RegistryEvents>, name: string, options: UpstreamOptions) {
     const where = `upstream "${name}"`
@@ -229,6 +268,50 @@ export class Upstream implements PeerOwner, BalancedUpstream {
     if (recovering) return { state: 'recovering' }
     if (retryAt !== Infinity) return { state: 'backoff', retryAt }
     return { state: 'none' }
+  }
+
+  /** The hold queues' counters (see HoldStats). */
+  get hold (): Readonly<HoldStats> { return this.#hold }
+
+  /** A request was held (+1) or left the queue (-1, released, failed or gone). */
+  holdMoved (delta: 1 | -1): void {
+    this.#hold.current += delta
+    if (this.#hold.current > this.#hold.max) this.#hold.max = this.#hold.current
+  }
+
+  /** A request was refused because the queue was full. */
+  countHoldOverflow (): void {
+    this.#hold.overflows++
+  }
+
+  /** Held requests answered 503 because `holdTimeout` passed. */
+  countHoldTimeouts (requests: number): void {
+    this.#hold.timeouts += requests
+  }
+
+  /** A held request got a peer after `ms`; `first` for the longest-held of a release. */
+  recordHoldWait (ms: number, first: boolean): void {
+    this.#hold.wait.observe(ms / 1000)
+    if (first) {
+      this.#hold.lastWaitMs = ms
+      this.#hold.lastReleaseAt = Date.now()
+    }
+  }
+
+  /** Answers of the proxies over this upstream by status class (the order of STATUS_CLASSES). */
+  get answers (): readonly number[] { return this.#answers }
+
+  /** A proxy over this upstream answered a request with `status` (a peer's answer, or the gateway's own error). */
+  recordAnswer (status: number): void {
+    this.#answers[statusClassIndex(status)]++
+  }
+
+  /** The scaler's last measurement, null when no scaler runs for this upstream. */
+  get scale (): Readonly<ScaleReading> | null { return this.#scale }
+
+  /** The scaler measured (a reading, not a change of state: not announced). */
+  recordScale (reading: ScaleReading): void {
+    this.#scale = { ...reading }
   }
 
   /** Requests answered at once (or failed) because every startable peer was in back-off: counted for the next log line. */

@@ -3,6 +3,7 @@ import httpProxy from '@fastify/http-proxy'
 import { Agent, type Dispatcher } from 'undici'
 import type { FastifyInstance } from 'fastify'
 import { BalancedProxy } from '../lib/balanced-proxy.js'
+import { ProxyObserver } from '../lib/proxy-observer.js'
 import { settings, type ProxyOptions } from '../lib/proxy-options.js'
 import { optionError, showValue } from '../lib/options.js'
 
@@ -27,6 +28,10 @@ async function proxyPlugin (fastify: FastifyInstance, options: ProxyOptions): Pr
     pipelining: 1
   })
   const balanced = new BalancedProxy(upstream, fastify.upstreams, agent, config, fastify.log)
+  // Counts and access-log fields per answer, and the suite's error answers at warn: before the routes, so that they apply to them.
+  const observer = new ProxyObserver(fastify, upstream)
+  fastify.addHook('onSend', observer.onSend)
+  fastify.setErrorHandler(observer.errorHandler)
 
   await fastify.register(httpProxy, {
     upstream: '',
@@ -45,6 +50,7 @@ async function proxyPlugin (fastify: FastifyInstance, options: ProxyOptions): Pr
 
   fastify.addHook('onClose', async () => {
     balanced.close()
+    observer.close()
     await agent.close()
   })
 }

@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import type { Peer } from '../lib/peer.js'
 import { Registry, type RegistryOptions } from '../lib/registry.js'
 import { UnreadOptionError } from '../lib/errors.js'
+import { changeLogger } from '../lib/change-log.js'
 
 export type { RegistryOptions } from '../lib/registry.js'
 export type { UpstreamOptions, ServerOptions } from '../lib/upstream.js'
@@ -21,6 +22,7 @@ declare module 'fastify' {
 async function registryPlugin (fastify: FastifyInstance, options: RegistryOptions): Promise<void> {
   const registry = new Registry(options, fastify.log)
   fastify.decorate('upstreams', registry)
+  registry.on('change', changeLogger(registry, fastify.log))
   // Here, not in the proxy's own context, so that every request has it.
   fastify.decorateRequest('upstreamPeer', null)
   fastify.addHook('onReady', async () => {
@@ -29,6 +31,7 @@ async function registryPlugin (fastify: FastifyInstance, options: RegistryOption
       throw new UnreadOptionError(unclaimed.join('; '))
     }
   })
+  fastify.addHook('onReady', async () => registry.activity.start())
   fastify.addHook('onClose', async () => registry.close())
 }
 

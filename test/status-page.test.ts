@@ -12,9 +12,14 @@ import type { StatusSnapshot } from '../lib/status/types.js'
 import { browserSkip, launchBrowser } from './helpers/browser.js'
 
 // Runs inside the page (tsconfig has no DOM lib).
-declare function getComputedStyle (element: unknown): { backgroundColor: string, color: string, fill: string }
+declare function getComputedStyle (element: unknown): { backgroundColor: string, color: string, fill: string, opacity: string }
 
-const CSV_HEADER = 'upstream,index,address,program,pid,process,admin,health,passive,routable,inflight,requests,fails,rise,fall,last_ok,last_reason,last_latency_ms,last_age_ms,pin,backoff_step,backoff_retry_ms'
+const CSV_HEADER = 'upstream,index,address,program,pid,process,admin,health,passive,routable,inflight,requests,fails,rise,fall,last_ok,last_reason,last_latency_ms,last_age_ms,pin,backoff_step,backoff_retry_ms,' +
+  'state,in_state_ms,request_rate,errors_connect,errors_timeout,errors_response,errors_status,errors_other,' +
+  'responses_1xx,responses_2xx,responses_3xx,responses_4xx,responses_5xx,responses_other,retries,redispatches,' +
+  'last_check_stale,last_command,last_command_ok,last_command_fault,last_command_age_ms,weight,backup'
+/** The columns of the first version, before `state`. */
+const OLD_COLUMNS = 22
 const NASTY_REASON = 'bad status 503, "Service Unavailable"'
 const SCRIPT_REASON = '<script>alert("x")</script> & more'
 
@@ -84,7 +89,7 @@ t.test('snapshot: the stable JSON shape, from the registry', async t => {
   const app = await build(t)
   const now = Date.now()
   populate(app, now)
-  const snapshot = statusSnapshot(app.upstreams, undefined, now)
+  const snapshot = statusSnapshot(app.upstreams, { now })
   t.same(snapshot.upstreams.map(u => [u.name, u.balancer, u.supervisord, u.summary]), [
     ['backend', 'fair', '127.0.0.1:9001', { routable: 1, total: 3 }],
     ['api', 'round-robin', 'unix:/run/supervisor.sock', { routable: 1, total: 2 }],
@@ -96,6 +101,8 @@ t.test('snapshot: the stable JSON shape, from the registry', async t => {
     address: '127.0.0.1:8000',
     program: 'backend0',
     pid: 4242,
+    state: 'serving',
+    inStateMs: up.inStateMs,
     process: 'up',
     admin: 'ready',
     pin: 'none',
@@ -105,15 +112,21 @@ t.test('snapshot: the stable JSON shape, from the registry', async t => {
     routable: true,
     inflight: 1,
     requests: 2,
+    requestRate: null,
     fails: 0,
+    errors: { connect: 0, timeout: 0, response: 0, status: 0, other: 0 },
+    responses: { '1xx': 0, '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0, other: 0 },
+    retries: 0,
+    redispatches: 0,
     rise: 5,
     fall: 0,
-    lastCheck: { ok: true, reason: 'OK', latencyMs: 9, ageMs: 1000 },
+    lastCheck: { ok: true, reason: 'OK', latencyMs: 9, ageMs: 1000, stale: false },
+    lastCommand: null,
     weight: 1,
     backup: false,
     checks: [5000, 4000, 3000, 2000, 1000].map((ageMs, i) => ({ ok: true, reason: 'OK', latencyMs: 1 + i * 2, ageMs }))
   })
-  t.strictSame(down.lastCheck, { ok: false, reason: NASTY_REASON, latencyMs: 12.3, ageMs: 300 }, 'latency rounded to 0.1 ms')
+  t.strictSame(down.lastCheck, { ok: false, reason: NASTY_REASON, latencyMs: 12.3, ageMs: 300, stale: true }, 'latency rounded to 0.1 ms; stale: a stopped peer is not checked')
   t.match(down, { process: 'down', health: 'unhealthy', routable: false, fall: 3, pid: null })
   t.strictSame(down.backoff, { step: 2, retryInMs: 4000 }, 'the back-off without its reason (it may name supervisord\'s user)')
   t.match(drained, { admin: 'drain', pin: 'up', routable: false, weight: 3, backup: true, lastCheck: null, checks: [] })
@@ -124,7 +137,7 @@ t.test('snapshot: the history shown is bounded to the most recent checks', async
   const app = await build(t)
   const peer = app.upstreams.get('plain').peers[0]
   for (let i = 0; i < 45; i++) peer.recordCheck(check(true, `check ${i}`, 1, 0), 100)
-  const { checks } = statusSnapshot(app.upstreams, undefined, 0).upstreams[2].peers[0]
+  const { checks } = statusSnapshot(app.upstreams, { now: 0 }).upstreams[2].peers[0]
   t.equal(checks.length, 30)
   t.equal(checks[29].reason, 'check 44', 'newest last')
 })
@@ -226,16 +239,37 @@ t.test('CSV: header, one row per peer, RFC 4180 quoting', async t => {
   t.equal(lines.pop(), '', 'every row ends with CRLF')
   t.equal(lines[0], CSV_HEADER)
   t.equal(lines.length, 1 + 6)
-  const age = (line: string) => line.replace(/,\d+,(none|up|down),(\d+),\d*$/, (_, pin: string, step: string) => `,AGE,${pin},${step},${step === '0' ? '' : 'RETRY'}`)
-  t.equal(age(lines[1]), 'backend,0,127.0.0.1:8000,backend0,4242,up,ready,healthy,ok,true,1,2,0,5,0,true,OK,9,AGE,none,0,')
-  t.equal(age(lines[2]), 'backend,1,127.0.0.1:8001,backend1,,down,ready,unhealthy,ok,false,0,0,0,0,3,false,"bad status 503, ""Service Unavailable""",12.3,AGE,none,2,RETRY')
-  t.equal(lines[3], 'backend,2,127.0.0.1:8002,backend2,,up,drain,unknown,ok,false,0,0,0,0,0,,,,,up,0,', 'no check yet: empty fields')
+  // The first 22 columns (a quoted field may hold a comma), ages and retry made stable; then the ones added since.
+  const fields = (line: string) => line.match(/("([^"]|"")*"|[^,]*)(,|$)/g)!.map(f => f.replace(/,$/, '')).slice(0, -1)
+  const old = (line: string) => {
+    const f = fields(line).slice(0, OLD_COLUMNS)
+    if (f[18] !== '') f[18] = 'AGE'
+    if (f[21] !== '') f[21] = 'RETRY'
+    return f.join(',')
+  }
+  const added = (line: string) => fields(line).slice(OLD_COLUMNS).join(',').replace(/^([a-z-]+),\d+,/, '$1,IN_STATE,')
+  t.equal(old(lines[1]), 'backend,0,127.0.0.1:8000,backend0,4242,up,ready,healthy,ok,true,1,2,0,5,0,true,OK,9,AGE,none,0,')
+  t.equal(added(lines[1]), 'serving,IN_STATE,,0,0,0,0,0,0,0,0,0,0,0,0,0,false,,,,,1,false', 'state, time in state, no rate yet, counters, a fresh check, no command')
+  t.equal(old(lines[2]), 'backend,1,127.0.0.1:8001,backend1,,down,ready,unhealthy,ok,false,0,0,0,0,3,false,"bad status 503, ""Service Unavailable""",12.3,AGE,none,2,RETRY')
+  t.equal(added(lines[2]), 'back-off,IN_STATE,,0,0,0,0,0,0,0,0,0,0,0,0,0,true,,,,,1,false', 'a stopped peer\'s last check is stale')
+  t.equal(old(lines[3]), 'backend,2,127.0.0.1:8002,backend2,,up,drain,unknown,ok,false,0,0,0,0,0,,,,,up,0,', 'no check yet: empty fields')
+  t.equal(added(lines[3]), 'draining,IN_STATE,,0,0,0,0,0,0,0,0,0,0,0,0,0,,,,,,3,true')
   t.equal(lines[4].split(',').slice(0, 4).join(','), 'api,0,[::1]:9000,apiprog0')
 
   const lineBreak = statusCsv({
-    upstreams: [{ name: 'x', balancer: 'b', supervisord: 'none', summary: { routable: 0, total: 1 }, peers: [{ ...snapshotPeer(), lastCheck: { ok: false, reason: 'line\r\nbreak', latencyMs: 1, ageMs: 2 } }] }]
+    gateway: { version: '0', uptimeMs: 0 },
+    upstreams: [{
+      name: 'x',
+      balancer: 'b',
+      supervisord: 'none',
+      summary: { routable: 0, total: 1 },
+      readiness: { ready: false, outlook: 'none' },
+      hold: { current: 0, max: 0, overflows: 0, timeouts: 0 },
+      scale: null,
+      peers: [{ ...snapshotPeer(), lastCheck: { ok: false, reason: 'line\r\nbreak', latencyMs: 1, ageMs: 2, stale: false } }]
+    }]
   })
-  t.match(lineBreak, /,"line\r\nbreak",1,2,none,0,\r\n$/, 'a line break is quoted')
+  t.match(lineBreak, /,"line\r\nbreak",1,2,none,0,,serving,/, 'a line break is quoted')
 })
 
 function snapshotPeer (): StatusSnapshot['upstreams'][number]['peers'][number] {
@@ -244,6 +278,8 @@ function snapshotPeer (): StatusSnapshot['upstreams'][number]['peers'][number] {
     address: 'h:1',
     program: 'x0',
     pid: null,
+    state: 'serving',
+    inStateMs: 0,
     process: 'up',
     admin: 'ready',
     pin: 'none',
@@ -253,7 +289,13 @@ function snapshotPeer (): StatusSnapshot['upstreams'][number]['peers'][number] {
     routable: true,
     inflight: 0,
     requests: 0,
+    requestRate: null,
     fails: 0,
+    errors: { connect: 0, timeout: 0, response: 0, status: 0, other: 0 },
+    responses: { '1xx': 0, '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0, other: 0 },
+    retries: 0,
+    redispatches: 0,
+    lastCommand: null,
     rise: 0,
     fall: 0,
     lastCheck: null,
@@ -263,7 +305,7 @@ function snapshotPeer (): StatusSnapshot['upstreams'][number]['peers'][number] {
   }
 }
 
-t.test('HTML: self-contained, escaped, down peers marked, one bar per check', async t => {
+t.test('HTML: self-contained, escaped, each peer in its state, one bar per check', async t => {
   const app = await build(t, { title: 'Gateway <prod> & "co"' })
   populate(app)
   const res = await get(app, '/health', BROWSER_ACCEPT)
@@ -280,17 +322,21 @@ t.test('HTML: self-contained, escaped, down peers marked, one bar per check', as
   t.notMatch(page, /<link/)
   t.match(page, /routable 1 of 3/)
   t.match(page, /balancer fair · supervisord 127\.0\.0\.1:9001/)
+  t.match(page, /fastify-supervisord \d+\.\d+\.\d+ · up \d+ ms · 3 upstreams/, 'the version and the uptime in the header')
+  t.match(page, /held 0 now · max 0 · 0 overflows · 0 timed out/, 'the hold queue')
 
   const rows = page.split('<tr class="peer ').slice(1)
-  t.same(rows.map(row => row.slice(0, row.indexOf('"'))), ['up', 'down', 'down', 'up', 'down', 'up'])
+  t.same(rows.map(row => row.slice(0, row.indexOf('"'))), ['s-serving', 's-back-off', 's-draining', 's-serving', 's-passive-failed', 's-serving'])
   t.equal(rows[0].match(/<rect class="bar ok"/g)?.length, 5)
   t.equal(rows[1].match(/<rect class="bar fail"/g)?.length, 3)
   t.equal(rows[1].match(/<rect /g)?.length, 4)
   t.match(rows[2], /no checks yet/)
   t.match(rows[2], /<span class="tag">backup<\/span><span class="tag">weight 3<\/span>/)
-  t.match(rows[1], /<span class="bad">down<\/span>/)
+  t.match(rows[1], /<span class="neutral">down<\/span>/)
   t.match(rows[2], /<span class="warn">drain<\/span>/)
+  t.match(rows[4], /<span class="line bad">other 1<\/span>/, 'a passive failure by its kind')
   t.match(page, /<a href="\?format=json">JSON<\/a>/)
+  t.notMatch(page, /<form/, 'no form without operator routes')
 
   const plain = app.upstreams.get('plain').peers[0]
   const now = Date.now()
@@ -320,7 +366,12 @@ t.test('options are checked at registration, naming the option', async t => {
     [{ refresh: '5' }, /option "refresh" must be an integer/],
     [{ refresh: 1.5 }, /option "refresh" must be an integer/],
     [{ title: 7 }, /option "title" must be a non-empty string, got 7/],
-    [{ titel: 'x' }, /status page: unknown option "titel" \(known: path, refresh, title\)/]
+    [{ others: 'some' }, /option "others" must be one of "redacted", "full", "forbidden", got "some"/],
+    [{ readiness: 'ready' }, /option "readiness" must start with "\/", got "ready"/],
+    [{ readiness: 1 }, /option "readiness" must be true, false or a path, got 1/],
+    [{ allow: ['nowhere'] }, /status page: option "allow" entries must be IPv4 or IPv6 addresses/],
+    [{ token: '' }, /status page: option "token" must be a non-empty string/],
+    [{ titel: 'x' }, /status page: unknown option "titel" \(known: path, refresh, title, allow, token, others, readiness\)/]
   ]
   for (const [options, message] of cases) {
     await t.rejects(build(t, options as StatusPageOptions), { message }, JSON.stringify(options))
@@ -333,7 +384,7 @@ t.test('options are checked at registration, naming the option', async t => {
 t.test('in a real headless Chromium', { skip: browserSkip() }, async t => {
   const browser = await launchBrowser(t)
 
-  t.test('down peers stand out, sparklines render, screenshot', async t => {
+  t.test('states stand out, sparklines render, screenshot', async t => {
     const app = await build(t, { refresh: 0 })
     populate(app)
     const origin = await app.listen({ host: '127.0.0.1', port: 0 })
@@ -345,14 +396,14 @@ t.test('in a real headless Chromium', { skip: browserSkip() }, async t => {
 
     const background = async (selector: string) =>
       await page.locator(selector).first().evaluate(el => getComputedStyle(el).backgroundColor)
-    const upColour = await background('#upstream-backend tr.peer.up')
-    const downColour = await background('#upstream-backend tr.peer.down')
-    t.not(downColour, upColour, `a down row (${downColour}) is coloured unlike an up row (${upColour})`)
+    const servingColour = await background('#upstream-backend tr.peer.s-serving')
+    const backoffColour = await background('#upstream-backend tr.peer.s-back-off')
+    t.not(backoffColour, servingColour, `a row in back-off (${backoffColour}) is coloured unlike a serving one (${servingColour})`)
 
-    const downState = page.locator('#upstream-backend tr.peer.down').first().locator('td.state')
-    t.ok(await downState.isVisible(), 'the down state is visible')
-    t.equal(await downState.innerText(), 'DOWN')
-    t.equal(await downState.evaluate(el => getComputedStyle(el).color), 'rgb(207, 34, 46)', 'in red')
+    const badge = page.locator('#upstream-backend tr.peer.s-back-off .badge')
+    t.ok(await badge.isVisible(), 'the state is visible')
+    t.equal(await badge.innerText(), 'BACK-OFF')
+    t.equal(await badge.evaluate(el => getComputedStyle(el).backgroundColor), 'rgb(110, 74, 0)', 'in its own colour')
 
     const rows = page.locator('#upstream-backend tr.peer')
     t.equal(await rows.nth(0).locator('svg.spark rect.bar').count(), 5)
@@ -362,8 +413,9 @@ t.test('in a real headless Chromium', { skip: browserSkip() }, async t => {
       return { height: Math.round(box.height), fill: getComputedStyle(rect).fill }
     }))
     t.ok(bars.every(bar => bar.height >= 2), 'every bar is drawn')
-    t.equal(bars[2].height, 22, 'the slowest check is the tallest bar')
+    t.equal(bars[2].height, 20, 'the slowest check is the tallest bar')
     t.same(bars.map(bar => bar.fill), ['rgb(45, 164, 78)', 'rgb(207, 34, 46)', 'rgb(207, 34, 46)', 'rgb(207, 34, 46)'], 'green passes, red failures')
+    t.equal(await rows.nth(1).locator('svg.spark').evaluate(el => getComputedStyle(el).opacity), '0.35', 'faded: the peer is stopped, its checks are old')
     t.equal(await page.locator('script').count(), 0, 'the escaped reason did not become a script')
 
     const overflow = await page.locator('section.upstream').evaluateAll(sections => sections.map(s => s.scrollWidth - s.clientWidth))
@@ -390,7 +442,7 @@ t.test('HTML: a pinned peer and one in start back-off are marked', async t => {
   const app = await build(t)
   populate(app)
   const body = (await get(app, '/health', 'text/html')).body
-  t.match(body, /<span class="tag under" title="pinned up by an operator's start: the scaler leaves it alone until released">pinned<\/span>/)
-  t.match(body, /<span class="tag under bad" title="start back-off: 2 failed starts in a row, next try in \d\.\d s">retry \d\.\d s<\/span>/)
+  t.match(body, /<span class="tag" title="pinned up by an operator's start: the scaler leaves it alone until released">pinned up<\/span>/)
+  t.match(body, /<span class="tag bad" title="start back-off: 2 failed starts in a row">retry in \d\.\d s<\/span>/)
   t.notMatch(body, /rejected the credentials/, 'not the reason: it may name supervisord\'s user')
 })

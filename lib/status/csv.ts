@@ -1,3 +1,4 @@
+import { FAILURE_KINDS, STATUS_CLASSES } from '../peer.js'
 import type { PeerStatus, StatusSnapshot } from './types.js'
 
 const CSV_COLUMNS: Array<[string, (peer: PeerStatus) => unknown]> = [
@@ -21,7 +22,21 @@ const CSV_COLUMNS: Array<[string, (peer: PeerStatus) => unknown]> = [
   ['last_age_ms', p => p.lastCheck?.ageMs],
   ['pin', p => p.pin],
   ['backoff_step', p => p.backoff?.step ?? 0],
-  ['backoff_retry_ms', p => p.backoff?.retryInMs]
+  ['backoff_retry_ms', p => p.backoff?.retryInMs],
+  ['state', p => p.state],
+  ['in_state_ms', p => p.inStateMs],
+  ['request_rate', p => p.requestRate],
+  ...FAILURE_KINDS.map((kind): [string, (peer: PeerStatus) => unknown] => [`errors_${kind}`, p => p.errors[kind]]),
+  ...STATUS_CLASSES.map((name): [string, (peer: PeerStatus) => unknown] => [`responses_${name}`, p => p.responses[name]]),
+  ['retries', p => p.retries],
+  ['redispatches', p => p.redispatches],
+  ['last_check_stale', p => p.lastCheck?.stale],
+  ['last_command', p => p.lastCommand?.command],
+  ['last_command_ok', p => p.lastCommand?.ok],
+  ['last_command_fault', p => p.lastCommand?.fault],
+  ['last_command_age_ms', p => p.lastCommand?.ageMs],
+  ['weight', p => p.weight],
+  ['backup', p => p.backup]
 ]
 
 /** RFC 4180: a field holding a comma, quote or line break is quoted, its quotes doubled; null is empty. */

@@ -1,5 +1,8 @@
+import { FAILURE_KINDS } from '../peer.js'
+import { PEER_STATES, STATE_MEANINGS, type PeerState } from '../peer-state.js'
+import type { OperatorCommand } from '../operator-routes.js'
 import type { AdminState, HealthState, PassiveState, ProcessState } from '../peer.js'
-import type { CheckStatus, PeerStatus, StatusFilter, StatusSnapshot, UpstreamStatus } from './types.js'
+import type { CheckStatus, LastCheckStatus, PeerStatus, StatusFilter, StatusSnapshot, UpstreamStatus } from './types.js'
 
 /** Markup that is already safe; anything else put in an `html` template is escaped. */
 class Html {
@@ -26,12 +29,47 @@ function html (strings: TemplateStringsArray, ...values: unknown[]): Html {
   return new Html(text)
 }
 
-/** How each state reads at a glance: good, passing (warn) or bad. */
+/**
+ * Each state's own colours (text, background): told apart at a glance, and
+ * an idle on-demand peer is grey, not red. Crashes, back-off and passive
+ * failures are drawn inverted, the loudest.
+ */
+export const STATE_COLOURS: Record<PeerState, { fg: string, bg: string }> = {
+  serving: { fg: '#116329', bg: '#dafbe1' },
+  'backup-standby': { fg: '#0b6e77', bg: '#d3f4f6' },
+  starting: { fg: '#0550ae', bg: '#ddf4ff' },
+  stopped: { fg: '#424a53', bg: '#eaeef2' },
+  'stopped-by-operator': { fg: '#6639ba', bg: '#f3e8ff' },
+  crashed: { fg: '#ffffff', bg: '#a40e26' },
+  stopping: { fg: '#3e4b8f', bg: '#e4e8fb' },
+  draining: { fg: '#7d4e00', bg: '#fff8c5' },
+  maint: { fg: '#953800', bg: '#ffe7d1' },
+  unhealthy: { fg: '#cf222e', bg: '#ffebe9' },
+  'passive-failed': { fg: '#ffffff', bg: '#d1570f' },
+  'back-off': { fg: '#ffffff', bg: '#6e4a00' }
+}
+
+const LABELS: Record<PeerState, string> = {
+  serving: 'serving',
+  'backup-standby': 'backup standby',
+  starting: 'starting',
+  stopped: 'stopped',
+  'stopped-by-operator': 'stopped by operator',
+  crashed: 'crashed',
+  stopping: 'stopping',
+  draining: 'draining',
+  maint: 'maint',
+  unhealthy: 'unhealthy',
+  'passive-failed': 'passive failed',
+  'back-off': 'back-off'
+}
+
+/** How each dimension's value reads: good, passing (warn) or bad. */
 const TONE: Record<ProcessState | AdminState | HealthState | PassiveState, 'good' | 'warn' | 'bad' | 'neutral'> = {
   up: 'good',
   starting: 'warn',
   stopping: 'warn',
-  down: 'bad',
+  down: 'neutral',
   ready: 'good',
   drain: 'warn',
   maint: 'bad',
@@ -42,44 +80,68 @@ const TONE: Record<ProcessState | AdminState | HealthState | PassiveState, 'good
   failed: 'bad'
 }
 
+const STATE_CSS = PEER_STATES.map(state => {
+  const { fg, bg } = STATE_COLOURS[state]
+  // The row is tinted with the state's light colour; an inverted state tints it with a light wash of its own.
+  const light = fg === '#ffffff' ? `color-mix(in srgb, ${bg} 14%, #fff)` : bg
+  return `.badge.s-${state} { color: ${fg}; background: ${bg}; border-color: ${fg === '#ffffff' ? bg : fg}; }\n` +
+    `tr.peer.s-${state} { background: ${light}; }\ntr.peer.s-${state} > td:first-child { box-shadow: inset 4px 0 ${fg === '#ffffff' ? bg : fg}; }`
+}).join('\n')
+
 const CSS = new Html(`
-:root { color-scheme: light; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; background: #f6f8fa; }
-body { margin: 0 auto; padding: 16px 24px; max-width: 1400px; }
-h1 { font-size: 20px; margin: 0 0 4px; }
-h2 { font-size: 16px; margin: 0; display: inline; }
+:root { color-scheme: light; font: 13px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328; background: #f6f8fa; }
+body { margin: 0 auto; padding: 12px 16px; max-width: 1400px; }
+h1 { font-size: 19px; margin: 0 0 2px; }
+h2 { font-size: 15px; margin: 0; display: inline; }
 .meta, .muted { color: #59636e; }
-nav { margin: 8px 0 16px; }
+nav { margin: 6px 0 10px; }
 nav a { margin-right: 10px; color: #0969da; }
 nav a.current { font-weight: 600; color: #1f2328; text-decoration: none; }
-section { background: #fff; border: 1px solid #d1d9e0; border-radius: 6px; margin-bottom: 16px; overflow-x: auto; }
-section > header { padding: 10px 12px; border-bottom: 1px solid #d1d9e0; }
-section > header .meta { margin-left: 12px; }
-.count { display: inline-block; margin-left: 12px; padding: 1px 8px; border-radius: 10px; font-weight: 600; }
+details.legend { margin: 0 0 12px; background: #fff; border: 1px solid #d1d9e0; border-radius: 6px; padding: 6px 10px; }
+details.legend summary { cursor: pointer; font-weight: 600; }
+dl.legend { display: grid; grid-template-columns: max-content 1fr; gap: 3px 10px; margin: 8px 0 2px; }
+dl.legend dd { margin: 0; color: #59636e; }
+section { background: #fff; border: 1px solid #d1d9e0; border-radius: 6px; margin-bottom: 14px; overflow-x: auto; }
+section > header { padding: 8px 10px; border-bottom: 1px solid #d1d9e0; }
+section > header .meta { margin-left: 10px; }
+section > header p { margin: 4px 0 0; }
+.count { display: inline-block; margin-left: 10px; padding: 1px 8px; border-radius: 10px; font-weight: 600; }
 .count.all { background: #dafbe1; color: #116329; }
 .count.some { background: #fff8c5; color: #7d4e00; }
 .count.none { background: #ffebe9; color: #a40e26; }
+.ready { font-weight: 600; }
+.ready.yes { color: #116329; }
+.ready.no { color: #a40e26; }
 table { border-collapse: collapse; width: 100%; }
-th, td { padding: 4px 8px; text-align: left; white-space: nowrap; border-bottom: 1px solid #eaeef2; }
-th { font-size: 12px; font-weight: 600; color: #59636e; background: #f6f8fa; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.last { white-space: normal; min-width: 12em; max-width: 28em; overflow-wrap: anywhere; }
-tr.peer.up { background: #fff; }
-tr.peer.down { background: #ffebe9; }
-tr.peer.down td:first-child { box-shadow: inset 4px 0 #cf222e; }
-.state { font-weight: 700; text-transform: uppercase; font-size: 12px; }
-tr.peer.up .state { color: #1a7f37; }
-tr.peer.down .state { color: #cf222e; }
+th, td { padding: 4px 6px; text-align: left; vertical-align: top; border-bottom: 1px solid #eaeef2; }
+th { font-size: 11px; font-weight: 600; color: #59636e; background: #f6f8fa; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.last { max-width: 14em; overflow-wrap: anywhere; }
+tr.peer > td { border-bottom: none; }
+tr.actions > td { padding: 0 6px 5px 10px; border-bottom: 1px solid #d1d9e0; }
+.badge { display: inline-block; font-weight: 700; text-transform: uppercase; font-size: 11px; letter-spacing: .02em; padding: 1px 6px; border: 1px solid; border-radius: 4px; white-space: nowrap; }
+.since { display: block; font-size: 11px; color: #59636e; }
 .good { color: #1a7f37; }
 .warn { color: #9a6700; font-weight: 600; }
 .bad { color: #cf222e; font-weight: 600; }
-.tag.under { display: table; margin: 2px 0 0; padding: 0 4px; }
-.tag { font-size: 11px; padding: 0 5px; border: 1px solid #d1d9e0; border-radius: 8px; margin-left: 6px; color: #59636e; }
+.neutral { color: #59636e; }
+.tag { display: inline-block; font-size: 11px; padding: 0 5px; border: 1px solid #d1d9e0; border-radius: 8px; margin: 1px 4px 0 0; color: #59636e; background: #fff; }
+.tag.bad { color: #cf222e; border-color: #cf222e; }
+.line { display: block; }
+.stale { color: #8c959f; font-style: italic; }
+svg.spark.stale { opacity: .35; }
 .empty { padding: 10px 12px; }
 svg.spark { display: block; }
+form.act { display: inline-block; margin: 0 4px 0 0; }
+form.act button { font: inherit; font-size: 12px; padding: 1px 8px; border: 1px solid #d1d9e0; border-radius: 5px; background: #f6f8fa; color: #1f2328; cursor: pointer; }
+form.act button:hover { background: #eaeef2; }
+form.act input[type=number] { width: 4.5em; font: inherit; font-size: 12px; padding: 1px 3px; }
+.signin { margin-left: 8px; }
 footer { font-size: 12px; }
+${STATE_CSS}
 `)
 
-function duration (ms: number): string {
+export function duration (ms: number): string {
   if (ms < 1000) return `${Math.round(ms)} ms`
   const seconds = ms / 1000
   if (seconds < 60) return `${seconds < 10 ? seconds.toFixed(1) : Math.round(seconds)} s`
@@ -88,18 +150,22 @@ function duration (ms: number): string {
   return `${Math.round(seconds / 86_400)} d`
 }
 
-function state (value: keyof typeof TONE): Html {
+function tone (value: keyof typeof TONE): Html {
   return html`<span class="${TONE[value]}">${value}</span>`
 }
 
-const BAR_WIDTH = 5
-const BAR_GAP = 2
-const SPARK_HEIGHT = 22
+function badge (state: PeerState): Html {
+  return html`<span class="badge s-${state}" title="${STATE_MEANINGS[state]}">${LABELS[state]}</span>`
+}
+
+const BAR_WIDTH = 4
+const BAR_GAP = 1
+const SPARK_HEIGHT = 20
 /** Latencies under this fill less than the full height, so a fast peer does not look slow. */
 const SPARK_FLOOR_MS = 10
 
-/** A bar per recent check, oldest on the left: height is latency, green passed, red failed. */
-function sparkline (checks: CheckStatus[]): Html {
+/** A bar per recent check, oldest on the left: height is latency, green passed, red failed; faded when stale. */
+function sparkline (checks: CheckStatus[], stale: boolean): Html {
   if (checks.length === 0) return html`<span class="muted">no checks yet</span>`
   const scale = Math.max(SPARK_FLOOR_MS, ...checks.map(check => check.latencyMs))
   const width = checks.length * (BAR_WIDTH + BAR_GAP) - BAR_GAP
@@ -108,29 +174,83 @@ function sparkline (checks: CheckStatus[]): Html {
     const height = Math.max(2, Math.round(check.latencyMs / scale * SPARK_HEIGHT))
     return html`<rect class="bar ${check.ok ? 'ok' : 'fail'}" x="${i * (BAR_WIDTH + BAR_GAP)}" y="${SPARK_HEIGHT - height}" width="${BAR_WIDTH}" height="${height}" fill="${check.ok ? '#2da44e' : '#cf222e'}"><title>${check.reason}, ${check.latencyMs} ms, ${duration(check.ageMs)} ago</title></rect>`
   })
-  return html`<svg class="spark" xmlns="http://www.w3.org/2000/svg" width="${width}" height="${SPARK_HEIGHT}" viewBox="0 0 ${width} ${SPARK_HEIGHT}" role="img" aria-label="${checks.length} recent checks, ${failed} failed">${bars}</svg>`
+  return html`<svg class="spark${stale ? ' stale' : ''}" xmlns="http://www.w3.org/2000/svg" width="${width}" height="${SPARK_HEIGHT}" viewBox="0 0 ${width} ${SPARK_HEIGHT}" role="img" aria-label="${checks.length} recent checks, ${failed} failed">${bars}</svg>`
 }
 
-function lastCheckCell (check: CheckStatus | null): Html {
-  if (check === null) return html`<span class="muted">never</span>`
-  return html`<span class="${check.ok ? 'good' : 'bad'}">${check.reason}</span> <span class="muted">${check.latencyMs} ms, ${duration(check.ageMs)} ago</span>`
+function lastCheckCell (check: LastCheckStatus | null): Html {
+  if (check === null) return html`<span class="muted">never checked</span>`
+  const text = html`<span class="${check.ok ? 'good' : 'bad'}">${check.reason}</span> <span class="muted">${check.latencyMs} ms, ${duration(check.ageMs)} ago</span>`
+  return check.stale ? html`<span class="stale" title="not checked while its process is not running">stale: ${check.reason}, ${duration(check.ageMs)} ago</span>` : text
 }
 
-const HEADINGS = ['State', '#', 'Address', 'Program', 'PID', 'Process', 'Admin', 'Health', 'Passive',
-  'In-flight', 'Requests', 'Fails', 'Rise / fall', 'Recent checks', 'Last check']
+function peerCell (peer: PeerStatus): Html {
+  const tags = [
+    peer.backup && html`<span class="tag">backup</span>`,
+    peer.weight !== 1 && html`<span class="tag">weight ${peer.weight}</span>`,
+    peer.pin !== 'none' && html`<span class="tag" title="pinned ${peer.pin} by an operator's ${peer.pin === 'up' ? 'start' : 'stop'}: the scaler leaves it alone until released">pinned ${peer.pin}</span>`
+  ]
+  const name = peer.address === null ? html`<span class="muted">peer ${peer.index}</span>` : html`<span class="line">${peer.address}</span>`
+  const program = peer.program === null ? '' : html`<span class="line muted">${peer.program}${peer.pid !== null && ` · pid ${peer.pid}`}</span>`
+  return html`${name}${program}${tags}`
+}
 
-/** One row, its cells in the order of HEADINGS. */
-function peerRow (peer: PeerStatus): Html {
-  const up = peer.routable ? 'up' : 'down'
-  return html`<tr class="peer ${up}">
-<td class="state">${up}</td><td class="num">${peer.index}</td>
-<td>${peer.address}${peer.backup && html`<span class="tag">backup</span>`}${peer.weight !== 1 && html`<span class="tag">weight ${peer.weight}</span>`}</td>
-<td>${peer.program}</td><td class="num">${peer.pid ?? html`<span class="muted">-</span>`}</td>
-<td>${state(peer.process)}${peer.backoff !== null && html`<span class="tag under bad" title="start back-off: ${peer.backoff.step} failed starts in a row, next try in ${duration(peer.backoff.retryInMs)}">retry ${duration(peer.backoff.retryInMs)}</span>`}</td>
-<td>${state(peer.admin)}${peer.pin !== 'none' && html`<span class="tag under" title="pinned ${peer.pin} by an operator's ${peer.pin === 'up' ? 'start' : 'stop'}: the scaler leaves it alone until released">pinned</span>`}</td><td>${state(peer.health)}</td><td>${state(peer.passive)}</td>
-<td class="num">${peer.inflight}</td><td class="num">${peer.requests}</td><td class="num">${peer.fails}</td>
-<td class="num">${peer.rise} / ${peer.fall}</td><td>${sparkline(peer.checks)}</td><td class="last">${lastCheckCell(peer.lastCheck)}</td>
-</tr>`
+function trafficCell (peer: PeerStatus): Html {
+  return html`<span class="line">${peer.inflight} in flight</span><span class="line muted">${peer.requestRate === null ? '– req/s' : `${peer.requestRate} req/s`}</span><span class="line muted">${peer.requests} total</span>`
+}
+
+function errorsCell (peer: PeerStatus): Html {
+  const kinds = FAILURE_KINDS.filter(kind => peer.errors[kind] > 0).map(kind => html`<span class="line bad">${kind} ${peer.errors[kind]}</span>`)
+  const fivexx = peer.responses['5xx']
+  return html`${kinds.length === 0 ? html`<span class="line muted">no failures</span>` : kinds}${fivexx > 0 && html`<span class="line">5xx answers ${fivexx}</span>`}<span class="line muted" title="retried here after another peer failed · moved away from here to another peer">retried ${peer.retries} · moved ${peer.redispatches}</span>`
+}
+
+function supervisordCell (peer: PeerStatus): Html {
+  const command = peer.lastCommand
+  const last = command === null
+    ? html`<span class="line muted">no command yet</span>`
+    : html`<span class="line ${command.ok ? '' : 'bad'}">${command.command} ${command.ok ? 'ok' : `failed ${command.fault ?? ''}`}</span><span class="line muted">${duration(command.ageMs)} ago</span>`
+  const backoff = peer.backoff !== null && html`<span class="tag bad" title="start back-off: ${peer.backoff.step} failed starts in a row">retry in ${duration(peer.backoff.retryInMs)}</span>`
+  return html`${last}${backoff}`
+}
+
+const HEADINGS = ['State', 'Peer', 'Process · admin · health · passive', 'Traffic', 'Errors', 'Checks', 'Last command']
+
+/** The operator's forms of one upstream: where each command posts, and how. */
+export interface PeerForms {
+  method: 'POST' | 'GET'
+  paths: Partial<Record<OperatorCommand, string>>
+}
+
+/** The commands that make sense for a peer in its state, each a form posting to its route. */
+function actions (peer: PeerStatus, forms: PeerForms, back: string): Html {
+  const form = (command: OperatorCommand, label: string, extra: Html | '' = ''): Html | false => {
+    const path = forms.paths[command]
+    if (path === undefined) return false
+    return html`<form class="act" method="${forms.method.toLowerCase()}" action="${path}/${peer.index}"><input type="hidden" name="back" value="${back}">${extra}<button type="submit" name="do" value="${command}">${label}</button></form>`
+  }
+  const running = peer.process === 'up' || peer.process === 'starting'
+  return html`<tr class="actions s-${peer.state}"><td colspan="${HEADINGS.length}">${[
+    !running && form('start', 'start'),
+    peer.process !== 'down' && form('stop', 'stop'),
+    peer.admin !== 'drain' && form('drain', 'drain'),
+    peer.admin !== 'maint' && form('maint', 'maint'),
+    peer.admin !== 'ready' && form('ready', 'ready'),
+    peer.pin !== 'none' && form('release', 'release pin'),
+    form('weight', 'set weight', html`<input type="number" name="value" min="1" max="1000" step="1" required value="${peer.weight}" aria-label="weight of peer ${peer.index}"> `)
+  ]}</td></tr>`
+}
+
+function peerRows (peer: PeerStatus, forms: PeerForms | undefined, back: string): Html {
+  const stale = peer.lastCheck?.stale ?? !(peer.process === 'up' || peer.process === 'starting')
+  return html`<tr class="peer s-${peer.state}" id="peer-${peer.index}">
+<td>${badge(peer.state)}<span class="since">for ${duration(peer.inStateMs)}</span></td>
+<td><span class="line"><b>#${peer.index}</b></span>${peerCell(peer)}</td>
+<td><span class="line">${tone(peer.process)} · ${tone(peer.admin)}</span><span class="line">${tone(peer.health)} · ${tone(peer.passive)}</span><span class="line muted">rise ${peer.rise} / fall ${peer.fall}</span></td>
+<td class="num">${trafficCell(peer)}</td>
+<td>${errorsCell(peer)}</td>
+<td class="last">${sparkline(peer.checks, stale)}${lastCheckCell(peer.lastCheck)}</td>
+<td>${supervisordCell(peer)}</td>
+</tr>${forms !== undefined && actions(peer, forms, back)}`
 }
 
 function countClass (summary: UpstreamStatus['summary']): string {
@@ -138,14 +258,34 @@ function countClass (summary: UpstreamStatus['summary']): string {
   return summary.routable === summary.total ? 'all' : 'some'
 }
 
-function upstreamSection (upstream: UpstreamStatus, status: StatusFilter | undefined): Html {
-  const { summary } = upstream
+const OUTLOOK: Record<UpstreamStatus['readiness']['outlook'], string> = {
+  routable: 'a peer is routable',
+  starting: 'a peer is starting',
+  startable: 'a peer can be started',
+  recovering: 'its peers run but are out',
+  backoff: 'every startable peer is in start back-off',
+  none: 'no peer can be started'
+}
+
+function upstreamHeader (upstream: UpstreamStatus): Html {
+  const { summary, hold, scale, readiness } = upstream
+  const scaleLine = scale === null
+    ? ''
+    : html`<p class="meta">scaler: load ${scale.load === null ? '– (first window not over)' : `${scale.load} req/s per running peer`} against a threshold of ${scale.threshold} · ${scale.running} running (min ${scale.minRunning}, max ${scale.maxRunning}) · next decision in ${duration(scale.nextDecisionInMs)}</p>`
+  return html`<header><h2>${upstream.name}</h2><span class="count ${countClass(summary)}">routable ${summary.routable} of ${summary.total}</span>
+<span class="ready ${readiness.ready ? 'yes' : 'no'}" title="${OUTLOOK[readiness.outlook]}">${readiness.ready ? 'ready' : 'not ready'}</span>
+<span class="meta">balancer ${upstream.balancer}${upstream.supervisord !== null && ` · supervisord ${upstream.supervisord}`}</span>
+<p class="meta hold">held ${hold.current} now · max ${hold.max} · ${hold.overflows} overflows · ${hold.timeouts} timed out</p>${scaleLine}</header>`
+}
+
+function upstreamSection (upstream: UpstreamStatus, page: HtmlPageOptions): Html {
+  const forms = page.forms?.get(upstream.name)
   const table = upstream.peers.length === 0
-    ? html`<p class="empty muted">No peer is ${status}.</p>`
+    ? html`<p class="empty muted">No peer is ${page.status}.</p>`
     : html`<table><thead><tr>${HEADINGS.map(heading => html`<th scope="col">${heading}</th>`)}</tr></thead>
-<tbody>${upstream.peers.map(peerRow)}</tbody></table>`
+<tbody>${upstream.peers.map(peer => peerRows(peer, forms, page.back))}</tbody></table>`
   return html`<section class="upstream" id="upstream-${upstream.name}">
-<header><h2>${upstream.name}</h2><span class="count ${countClass(summary)}">routable ${summary.routable} of ${summary.total}</span><span class="meta">balancer ${upstream.balancer} · supervisord ${upstream.supervisord}</span></header>
+${upstreamHeader(upstream)}
 ${table}
 </section>`
 }
@@ -164,11 +304,22 @@ function navigation (status: StatusFilter | undefined): Html {
 <span class="muted">·</span> <a href="${queryLink({ format: 'json', status })}">JSON</a><a href="${queryLink({ format: 'csv', status })}">CSV</a></nav>`
 }
 
+function legend (): Html {
+  return html`<details class="legend"><summary>Legend</summary><dl class="legend">${PEER_STATES.map(state =>
+    html`<dt>${badge(state)}</dt><dd>${STATE_MEANINGS[state]}</dd>`)}</dl></details>`
+}
+
 export interface HtmlPageOptions {
   title: string
   refresh: number
   status?: StatusFilter
   now: number
+  /** The upstreams whose operator forms this viewer may use (they pass the routes' guard). */
+  forms?: ReadonlyMap<string, PeerForms>
+  /** Where the forms send the browser back to: this page. */
+  back: string
+  /** A link that asks the browser for the token (HTTP Basic), when a token would show more. */
+  signIn?: string
 }
 
 /** The whole page, self-contained: inline CSS and SVG, no script, no external asset. */
@@ -180,15 +331,17 @@ export function statusHtml (snapshot: StatusSnapshot, page: HtmlPageOptions): st
     total += summary.total
   }
   const down = total - routable
+  const { gateway } = snapshot
   return '<!doctype html>\n' + html`<html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 ${page.refresh > 0 && html`<meta http-equiv="refresh" content="${page.refresh}">`}
 <title>${down > 0 ? `(${down} down) ` : ''}${page.title}</title>
 <style>${CSS}</style></head>
 <body><h1>${page.title}</h1>
-<p class="meta">${snapshot.upstreams.length} upstream${snapshot.upstreams.length === 1 ? '' : 's'} · ${routable} of ${total} peers routable${page.refresh > 0 ? ` · refreshes every ${page.refresh} s` : ''}</p>
+<p class="meta">fastify-supervisord ${gateway.version} · up ${duration(gateway.uptimeMs)} · ${snapshot.upstreams.length} upstream${snapshot.upstreams.length === 1 ? '' : 's'} · ${routable} of ${total} peers routable${page.refresh > 0 ? ` · refreshes every ${page.refresh} s` : ''}${page.signIn !== undefined && html`<a class="signin" href="${page.signIn}">sign in</a>`}</p>
 ${navigation(page.status)}
-${snapshot.upstreams.map(upstream => upstreamSection(upstream, page.status))}
+${legend()}
+${snapshot.upstreams.map(upstream => upstreamSection(upstream, page))}
 <footer class="muted">Generated <time datetime="${new Date(page.now).toISOString()}">${new Date(page.now).toISOString()}</time></footer>
 </body></html>
 `.text

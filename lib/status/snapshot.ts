@@ -1,9 +1,20 @@
-import type { CheckResult, Peer } from '../peer.js'
+import { FAILURE_KINDS, STATUS_CLASSES, type CheckResult, type FailureKind, type Peer, type StatusClass } from '../peer.js'
 import type { Registry } from '../registry.js'
+import type { Upstream } from '../upstream.js'
+import { VERSION } from '../version.js'
+import { readiness } from './readiness.js'
 import type { StatusFilter, CheckStatus, PeerStatus, StatusSnapshot, UpstreamStatus } from './types.js'
 
 /** Bars in a peer's picture of recent checks (and entries in `checks`). */
 const HISTORY_SHOWN = 30
+
+export interface SnapshotOptions {
+  /** Keep only routable (`up`) or non-routable (`down`) peers. */
+  status?: StatusFilter
+  /** Addresses, program names, pids and supervisord's address are left out (null): for a viewer who does not pass the guard. */
+  redact?: boolean
+  now?: number
+}
 
 function checkStatus (check: CheckResult, now: number): CheckStatus {
   return {
@@ -14,12 +25,23 @@ function checkStatus (check: CheckResult, now: number): CheckStatus {
   }
 }
 
-function peerStatus (peer: Peer, now: number): PeerStatus {
+const round1 = (n: number): number => Math.round(n * 10) / 10
+
+function peerStatus (registry: Registry, peer: Peer, now: number, redact: boolean): PeerStatus {
+  const { state, since } = registry.activity.state(peer, now)
+  const rate = registry.activity.requestRate(peer, now)
+  const command = registry.activity.lastCommand(peer)
+  const responses = {} as Record<StatusClass, number>
+  STATUS_CLASSES.forEach((name, i) => { responses[name] = peer.responses[i] })
+  const errors = {} as Record<FailureKind, number>
+  for (const kind of FAILURE_KINDS) errors[kind] = peer.failuresByKind[kind]
   return {
     index: peer.index,
-    address: peer.address,
-    program: peer.program,
-    pid: peer.pid,
+    address: redact ? null : peer.address,
+    program: redact ? null : peer.program,
+    pid: redact ? null : peer.pid,
+    state,
+    inStateMs: Math.max(0, now - since),
     process: peer.process,
     admin: peer.admin,
     pin: peer.pin,
@@ -30,13 +52,39 @@ function peerStatus (peer: Peer, now: number): PeerStatus {
     routable: peer.routable,
     inflight: peer.inflight,
     requests: peer.requests,
+    requestRate: rate === null ? null : round1(rate),
     fails: peer.fails,
+    errors,
+    responses,
+    retries: peer.retries,
+    redispatches: peer.redispatches,
     rise: peer.rise,
     fall: peer.fall,
-    lastCheck: peer.lastCheck === null ? null : checkStatus(peer.lastCheck, now),
+    lastCheck: peer.lastCheck === null ? null : { ...checkStatus(peer.lastCheck, now), stale: !peer.running },
+    lastCommand: command === null ? null : { command: command.command, ok: command.ok, fault: command.fault ?? null, ageMs: Math.max(0, now - command.at) },
     weight: peer.weight,
     backup: peer.backup,
     checks: peer.checks.slice(-HISTORY_SHOWN).map(check => checkStatus(check, now))
+  }
+}
+
+/** One upstream and its peers (all of them, or those the filter keeps). */
+export function upstreamStatus (registry: Registry, upstream: Upstream, options: SnapshotOptions = {}): UpstreamStatus {
+  const { status, redact = false, now = Date.now() } = options
+  const peers = upstream.peers.map(peer => peerStatus(registry, peer, now, redact))
+  const { current, max, overflows, timeouts } = upstream.hold
+  const scale = upstream.scale
+  return {
+    name: upstream.name,
+    balancer: upstream.balancer.name,
+    supervisord: redact ? null : upstream.supervisord,
+    summary: { routable: peers.filter(peer => peer.routable).length, total: peers.length },
+    readiness: readiness(upstream, now),
+    hold: { current, max, overflows, timeouts },
+    scale: scale === null
+      ? null
+      : { load: scale.load, threshold: scale.threshold, running: scale.running, minRunning: scale.minRunning, maxRunning: scale.maxRunning, nextDecisionInMs: Math.max(0, scale.nextAt - now) },
+    peers: status === undefined ? peers : peers.filter(peer => peer.routable === (status === 'up'))
   }
 }
 
@@ -45,17 +93,10 @@ function peerStatus (peer: Peer, now: number): PeerStatus {
  * CSV and HTML answers. `status` keeps only routable (`up`) or
  * non-routable (`down`) peers; upstreams are always listed.
  */
-export function statusSnapshot (registry: Registry, status?: StatusFilter, now = Date.now()): StatusSnapshot {
-  const upstreams: UpstreamStatus[] = []
-  for (const upstream of registry.upstreams.values()) {
-    const peers = upstream.peers.map(peer => peerStatus(peer, now))
-    upstreams.push({
-      name: upstream.name,
-      balancer: upstream.balancer.name,
-      supervisord: upstream.supervisord,
-      summary: { routable: peers.filter(peer => peer.routable).length, total: peers.length },
-      peers: status === undefined ? peers : peers.filter(peer => peer.routable === (status === 'up'))
-    })
+export function statusSnapshot (registry: Registry, options: SnapshotOptions = {}): StatusSnapshot {
+  const now = options.now ?? Date.now()
+  return {
+    gateway: { version: VERSION, uptimeMs: Math.max(0, now - registry.activity.startedAt) },
+    upstreams: [...registry.upstreams.values()].map(upstream => upstreamStatus(registry, upstream, { ...options, now }))
   }
-  return { upstreams }
 }

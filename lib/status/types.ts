@@ -1,4 +1,6 @@
-import type { AdminState, HealthState, PassiveState, PinState, ProcessState } from '../peer.js'
+import type { AdminState, FailureKind, HealthState, PassiveState, PinState, ProcessState, StatusClass } from '../peer.js'
+import type { PeerState } from '../peer-state.js'
+import type { StartOutlook } from '../upstream.js'
 
 export type StatusFilter = 'up' | 'down'
 export type StatusFormat = 'html' | 'json' | 'csv'
@@ -11,12 +13,33 @@ export interface CheckStatus {
   ageMs: number
 }
 
+export interface LastCheckStatus extends CheckStatus {
+  /** The peer is not checked any more (its process is down or stopping): the result is old news. */
+  stale: boolean
+}
+
+/** The last supervisord command on a peer (never its reason: it may name supervisord's user). */
+export interface CommandStatus {
+  command: 'start' | 'stop'
+  ok: boolean
+  /** supervisord's fault (SPAWN_ERROR, ...) or a transport failure (TIMEOUT, UNREACHABLE, ...); null when it succeeded. */
+  fault: string | null
+  /** ms since it ended. */
+  ageMs: number
+}
+
 export interface PeerStatus {
   index: number
-  address: string
-  /** supervisord program name (`<supervisordName or upstream name><index>`), null when no bridge manages the upstream. */
+  /** `host:port`; null for a viewer who does not pass the status page's guard. */
+  address: string | null
+  /** supervisord program name (`<supervisordName or upstream name><index>`), null when no bridge manages the upstream, or for a viewer who does not pass the guard. */
   program: string | null
+  /** null when unknown, or for a viewer who does not pass the guard. */
   pid: number | null
+  /** What the peer is doing, in one word (see the README's legend). */
+  state: PeerState
+  /** ms since it entered `state`. */
+  inStateMs: number
   process: ProcessState
   admin: AdminState
   /** An operator's start (`up`) or stop (`down`) the scaler leaves alone, `none` when not pinned. */
@@ -28,10 +51,21 @@ export interface PeerStatus {
   routable: boolean
   inflight: number
   requests: number
+  /** Requests per second sent to it over the last 10 s (null in the first second). */
+  requestRate: number | null
   fails: number
+  /** Passive failures by kind. */
+  errors: Record<FailureKind, number>
+  /** Responses it sent, by status class. */
+  responses: Record<StatusClass, number>
+  /** Requests it got after another peer failed them. */
+  retries: number
+  /** Requests moved from it to another peer. */
+  redispatches: number
   rise: number
   fall: number
-  lastCheck: CheckStatus | null
+  lastCheck: LastCheckStatus | null
+  lastCommand: CommandStatus | null
   weight: number
   backup: boolean
   /** Recent active checks, oldest first (at most HISTORY_SHOWN). */
@@ -41,14 +75,28 @@ export interface PeerStatus {
 export interface UpstreamStatus {
   name: string
   balancer: string
-  /** Where supervisord listens, never with credentials: `host:port`, `unix:/path` or `none` (also when no bridge manages the upstream). */
-  supervisord: string
+  /** Where supervisord listens, never with credentials: `host:port`, `unix:/path` or `none` (also when no bridge manages the upstream); null for a viewer who does not pass the guard. */
+  supervisord: string | null
   /** Counts over all the upstream's peers, whatever the status filter. */
   summary: { routable: number, total: number }
+  /** Whether it can take a request now or by starting a peer, and what its start outlook is (see the README's "Holding requests"). */
+  readiness: { ready: boolean, outlook: StartOutlook['state'] }
+  /** Requests held for a cold start: now, the most at once, refused because the queue was full, timed out. */
+  hold: { current: number, max: number, overflows: number, timeouts: number }
+  /** The scaler's last reading (null without a scaler): load in requests/s per running peer against the threshold, and when it decides next. */
+  scale: { load: number | null, threshold: number, running: number, minRunning: number, maxRunning: number, nextDecisionInMs: number } | null
   /** The peers that pass the status filter. */
   peers: PeerStatus[]
 }
 
+export interface GatewayStatus {
+  /** fastify-supervisord's version. */
+  version: string
+  /** ms since the gateway's registry was made. */
+  uptimeMs: number
+}
+
 export interface StatusSnapshot {
+  gateway: GatewayStatus
   upstreams: UpstreamStatus[]
 }

@@ -1,0 +1,108 @@
+import type { CommandEvent, RegistryEvents } from './events.js'
+import type { EventEmitter } from 'node:events'
+import type { Peer, PeerChange } from './peer.js'
+import type { Upstream } from './upstream.js'
+import { peerState, type PeerState } from './peer-state.js'
+
+/** ms between two samples of the request counts. */
+const SAMPLE_EVERY = 1000
+/** Samples kept: the request rate is over the last this-many seconds. */
+const SAMPLES = 10
+
+interface PeerActivity {
+  state: PeerState
+  /** Epoch ms it entered `state`. */
+  since: number
+  lastCommand: CommandEvent | null
+  /** Request counts, oldest first, with when each was read. */
+  samples: Array<{ at: number, requests: number }>
+}
+
+/**
+ * What the model does not keep but an operator asks first: how long each
+ * peer has been in its state, its request rate over the last seconds, and
+ * the last supervisord command on it with its outcome. Kept from the
+ * registry's events and a sample of the request counts once a second
+ * (started with the server, unref'ed, stopped at close).
+ */
+export class Activity {
+  /** Epoch ms the gateway's registry was made: its uptime counts from here. */
+  readonly startedAt = Date.now()
+  readonly #upstreams: ReadonlyMap<string, Upstream>
+  readonly #peers = new Map<Peer, PeerActivity>()
+  #timer: NodeJS.Timeout | undefined
+
+  constructor (registry: EventEmitter<RegistryEvents>, upstreams: ReadonlyMap<string, Upstream>) {
+    this.#upstreams = upstreams
+    for (const upstream of upstreams.values()) {
+      for (const peer of upstream.peers) {
+        this.#peers.set(peer, { state: peerState(peer, upstream), since: this.startedAt, lastCommand: null, samples: [] })
+      }
+    }
+    registry.on('change', this.#onChange)
+    registry.on('command', this.#onCommand)
+  }
+
+  start (): void {
+    if (this.#timer !== undefined) return
+    this.#sample()
+  }
+
+  stop (): void {
+    clearTimeout(this.#timer)
+    this.#timer = undefined
+  }
+
+  /** The peer's state and since when (epoch ms) it has been in it. */
+  state (peer: Peer, now = Date.now()): { state: PeerState, since: number } {
+    const activity = this.#of(peer)
+    this.#update(peer, activity, now)
+    return { state: activity.state, since: activity.since }
+  }
+
+  /** The last supervisord command on the peer that ended, with its outcome (null: none yet). */
+  lastCommand (peer: Peer): CommandEvent | null {
+    return this.#of(peer).lastCommand
+  }
+
+  /** Requests per second sent to the peer over the last SAMPLES seconds (null until a second has passed). */
+  requestRate (peer: Peer, now = Date.now()): number | null {
+    const oldest = this.#of(peer).samples[0]
+    if (oldest === undefined || now - oldest.at < SAMPLE_EVERY / 2) return null
+    return (peer.requests - oldest.requests) / ((now - oldest.at) / 1000)
+  }
+
+  #of (peer: Peer): PeerActivity {
+    return this.#peers.get(peer) as PeerActivity
+  }
+
+  #update (peer: Peer, activity: PeerActivity, now: number): void {
+    const state = peerState(peer, this.#upstreams.get(peer.upstream) as Upstream, now)
+    if (state === activity.state) return
+    // A back-off runs out with no event: it ended at its `until`.
+    activity.since = activity.state === 'back-off' && peer.backoff !== null && peer.backoff.until <= now ? peer.backoff.until : now
+    activity.state = state
+  }
+
+  readonly #onChange = (change: PeerChange): void => {
+    const upstream = this.#upstreams.get(change.upstream)
+    if (upstream === undefined) return
+    // One peer's change can move another's state (a backup stands by while a primary serves).
+    for (const peer of upstream.peers) this.#update(peer, this.#of(peer), change.at)
+  }
+
+  readonly #onCommand = (event: CommandEvent): void => {
+    const peer = this.#upstreams.get(event.upstream)?.peers[event.index]
+    if (peer !== undefined) this.#of(peer).lastCommand = event
+  }
+
+  #sample (): void {
+    const now = Date.now()
+    for (const [peer, activity] of this.#peers) {
+      activity.samples.push({ at: now, requests: peer.requests })
+      if (activity.samples.length > SAMPLES) activity.samples.shift()
+    }
+    this.#timer = setTimeout(() => this.#sample(), SAMPLE_EVERY)
+    this.#timer.unref()
+  }
+}

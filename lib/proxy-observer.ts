@@ -1,0 +1,95 @@
+import { STATUS_CODES } from 'node:http'
+import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply, FastifyRequest, onSendHookHandler } from 'fastify'
+import type { Upstream } from './upstream.js'
+import type { Exchange } from './proxy-attempt.js'
+import { kExchange } from './balanced-proxy.js'
+import { FailureLog } from './failure-log.js'
+
+type ExchangeCarrier = FastifyRequest & { [kExchange]?: Exchange }
+
+/** What a request's access log line carries besides Fastify's own fields (nginx's $upstream_addr, $upstream_response_time). */
+export interface AccessFields {
+  /** The upstream's name. */
+  upstream: string
+  /** The address of the peer that answered, or of the last one tried when none did. */
+  peer?: string
+  /** ms from the request sent to that peer to its response headers (HAProxy's Tr); absent when no peer answered. */
+  upstreamResponseTime?: number
+  /** The addresses of the peers tried before, in order, when there were any. */
+  tried?: string[]
+}
+
+/**
+ * What the proxy tells an operator about each request, for the cost of an
+ * onSend hook: the answer counted by status class on the upstream, the
+ * answering peer's response and its time counted on the peer (HAProxy's
+ * Tr), a retried request's redispatches, and the peer and its response
+ * time bound to the request's logger, so that Fastify's access line
+ * ("request completed") carries them. The suite's own error answers are
+ * logged at warn without a stack, one line per code and second with a count.
+ */
+export class ProxyObserver {
+  readonly #upstream: Upstream
+  readonly #log: FailureLog
+  /** Whether Fastify writes an access line (its `disableRequestLogging` is not `true`). */
+  readonly #accessLog: boolean
+
+  constructor (fastify: FastifyInstance, upstream: Upstream) {
+    this.#upstream = upstream
+    this.#log = new FailureLog(fastify.log)
+    this.#accessLog = fastify.initialConfig.disableRequestLogging !== true
+  }
+
+  readonly onSend: onSendHookHandler = (request, reply, payload, done) => {
+    const status = reply.statusCode
+    this.#upstream.recordAnswer(status)
+    const exchange = (request as ExchangeCarrier)[kExchange]
+    const attempt = exchange?.attempt
+    if (exchange === undefined || attempt == null) {
+      done(null, payload)
+      return
+    }
+    const answered = attempt.answered && attempt.abandoned === null
+    const ms = answered ? performance.now() - attempt.startedAt : undefined
+    if (ms !== undefined) attempt.peer.recordResponse(status, ms / 1000)
+    const tried = exchange.tried
+    if (tried !== null) {
+      // Every peer left for another was redispatched from; each try after the first is a retry.
+      const moved = answered ? tried.length : tried.length - 1
+      for (let i = 0; i < moved; i++) tried[i].recordRedispatch()
+      for (let i = 1; i < tried.length; i++) tried[i].recordRetry()
+      if (answered) attempt.peer.recordRetry()
+    }
+    if (this.#accessLog) this.#bind(reply, attempt.peer.address, ms, tried, answered)
+    done(null, payload)
+  }
+
+  #bind (reply: FastifyReply, peer: string, ms: number | undefined, tried: Exchange['tried'], answered: boolean): void {
+    const log = reply.log as FastifyBaseLogger & { setBindings?: (bindings: object) => void }
+    if (typeof log.setBindings !== 'function') return
+    const fields: AccessFields = { upstream: this.#upstream.name, peer }
+    if (ms !== undefined) fields.upstreamResponseTime = Math.round(ms * 100) / 100
+    const before = tried === null ? [] : answered ? tried : tried.slice(0, -1)
+    if (before.length > 0) fields.tried = before.map(p => p.address)
+    log.setBindings(fields)
+  }
+
+  /**
+   * The proxy context's error handler: the suite's own errors (FST_SUPERVISORD_*)
+   * are answered in Fastify's shape and logged at warn (info below 500)
+   * without a stack, a burst as one line with a count; any other error goes
+   * to the application's handler.
+   */
+  readonly errorHandler = (error: FastifyError, _request: FastifyRequest, reply: FastifyReply): void => {
+    const code = error.code
+    if (typeof code !== 'string' || !code.startsWith('FST_SUPERVISORD_')) throw error
+    const statusCode = error.statusCode ?? 500
+    this.#log.write(statusCode >= 500 ? 'warn' : 'info', `${statusCode} ${code}`,
+      { upstream: this.#upstream.name, statusCode, code, reason: error.message }, `proxy: answered ${statusCode} ${code}`)
+    reply.code(statusCode).send({ statusCode, code, error: STATUS_CODES[statusCode], message: error.message })
+  }
+
+  close (): void {
+    this.#log.close()
+  }
+}
