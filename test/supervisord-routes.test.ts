@@ -7,6 +7,7 @@ import proxy from '../plugins/proxy.js'
 import { backendFor } from './helpers/backends.js'
 import { getDirect, processes, serving, skip, supervisordFor } from './helpers/supervisord.js'
 import { until } from './helpers/wait.js'
+import { loggerInto } from './helpers/gateway.js'
 
 const NONE: RegistryOptions['upstreams'] = {
   backend: { servers: ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3'], supervisord: 'none' },
@@ -90,6 +91,10 @@ t.test('the guard: a bearer token, and both when both are set', async t => {
   t.equal((await call(tokenOnly, { authorization: 'Bearer s3cret-token-and-more' })).statusCode, 403)
   t.equal((await call(tokenOnly, { authorization: 'Basic s3cret-token' })).statusCode, 403)
   t.equal((await call(tokenOnly, { authorization: 'Bearer s3cret-token' })).statusCode, 200, 'from any address with the token')
+  const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`
+  t.equal((await call(tokenOnly, { authorization: basic('anyone', 's3cret-token') })).statusCode, 200, 'or with the token as the password of HTTP Basic (what a browser sends)')
+  t.equal((await call(tokenOnly, { authorization: basic('s3cret-token', 'wrong') })).statusCode, 403, 'the user name is not the token')
+  t.equal((await call(tokenOnly, { authorization: `Basic ${Buffer.from('s3cret-token').toString('base64')}` })).statusCode, 403, 'no colon: no password')
 
   const both = await routesApp(t, { token: 's3cret-token', allow: ['127.0.0.1'] })
   t.equal((await call(both, { authorization: 'Bearer s3cret-token' })).statusCode, 403, 'right token, wrong address')
@@ -132,8 +137,13 @@ t.test('nothing under the guarded prefix reaches a backend, even with a proxy at
     ['POST', '/_supervisord/start/abc', 400],
     ['POST', '/_supervisord/release/any', 400],
     ['POST', '/_supervisord/start/7', 404],
-    ['GET', '/_supervisord', 404],
-    ['GET', '/_supervisord/', 404],
+    ['GET', '/_supervisord', 200],
+    ['GET', '/_supervisord/', 200],
+    ['POST', '/_supervisord/', 405],
+    ['POST', '/_supervisord/drain/any', 400],
+    ['POST', '/_supervisord/maint/9', 404],
+    ['POST', '/_supervisord/weight/0?value=0', 400],
+    ['GET', '/_supervisord/ready/0', 405],
     ['POST', '/_supervisord/restart/0', 404],
     ['POST', '/_supervisord/start/0/more', 404],
     ['GET', `/_supervisord/${long}/${long}`, 404]
@@ -240,4 +250,114 @@ t.test('?wait=1 with a real supervisord', { skip, jobs: 3 }, async t => {
     t.match(again.json(), { accepted: false, reason: /anti-flap/ })
     t.notOk('retryAfter' in again.json(), 'said in the header, not in the body')
   })
+})
+
+t.test('drain, maint, ready and weight: the registry\'s one door, answered in the shape of start/stop', async t => {
+  const app = await routesApp(t, {}, { backend: { servers: ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3'], supervisord: 'none', inheritBackendStatus: true } })
+  const changes: unknown[] = []
+  app.upstreams.on('change', change => changes.push(change))
+  const post = async (url: string) => await app.inject({ method: 'POST', url })
+  const drain = await post('/_supervisord/drain/1')
+  t.equal(drain.statusCode, 200)
+  t.same(drain.json(), { upstream: 'backend', command: 'drain', backend: 1, program: 'backend1', accepted: true, state: 'up', admin: 'drain', weight: 1, pin: 'none' })
+  t.match(changes, [{ upstream: 'backend', index: 1, field: 'admin', from: 'ready', to: 'drain', reason: 'operator 127.0.0.1' }], 'announced, with who asked')
+  t.match((await post('/_supervisord/maint/1')).json(), { command: 'maint', backend: 1, admin: 'maint' })
+  t.match((await post('/_supervisord/ready/1')).json(), { command: 'ready', backend: 1, admin: 'ready' })
+  t.match((await post('/_supervisord/weight/2?value=5')).json(), { command: 'weight', backend: 2, weight: 5, admin: 'ready' })
+  t.equal(app.upstreams.get('backend').peers[2].weight, 5)
+  t.same(app.upstreams.get('backend').peers.map(p => p.admin), ['ready', 'ready', 'ready'])
+
+  for (const value of ['', '0', '1001', 'abc', '1.5', '-1', '00001']) {
+    const res = await post(`/_supervisord/weight/0?value=${value}`)
+    t.equal(res.statusCode, 400, `weight ${JSON.stringify(value)}`)
+    t.match(res.json(), { code: 'FST_SUPERVISORD_BAD_QUERY', message: /query "value" must be a weight, an integer from 1 to 1000/ })
+  }
+  t.match((await post('/_supervisord/weight/0')).json(), { message: /got undefined/ }, 'no value at all')
+  for (const command of ['drain', 'maint', 'ready', 'weight']) {
+    t.match((await post(`/_supervisord/${command}/any`)).json(), { statusCode: 400, message: 'backend must be a peer index (0..2), got "any"' }, `${command} takes an index, not any`)
+    t.match((await post(`/_supervisord/${command}/3?value=2`)).json(), { statusCode: 404, code: 'FST_SUPERVISORD_BACKEND_OUT_OF_RANGE' })
+  }
+  t.equal(app.upstreams.get('backend').peers[0].weight, 1, 'nothing changed by the refused ones')
+})
+
+t.test('GET <prefix>/ lists the upstream\'s peers as the status page shows them', async t => {
+  const app = await routesApp(t, { prefix: '/ops' })
+  await app.inject({ method: 'POST', url: '/ops/start/0' })
+  for (const url of ['/ops', '/ops/']) {
+    const res = await app.inject({ url })
+    t.equal(res.statusCode, 200, url)
+    t.equal(res.headers['cache-control'], 'no-store')
+    const body = res.json()
+    t.equal(body.upstream, 'backend')
+    t.match(body.peers, [
+      { index: 0, address: '127.0.0.1:1', program: 'backend0', state: 'serving', process: 'up', pin: 'up', lastCommand: { command: 'start', ok: true, fault: null } },
+      { index: 1, state: 'stopped', process: 'down', lastCommand: null },
+      { index: 2, state: 'stopped' }
+    ])
+  }
+  t.equal((await app.inject({ method: 'HEAD', url: '/ops/' })).statusCode, 200)
+  const post = await app.inject({ method: 'POST', url: '/ops/' })
+  t.equal(post.statusCode, 405)
+  t.equal(post.headers.allow, 'GET, HEAD')
+  t.equal((await app.inject({ url: '/ops/', remoteAddress: '192.0.2.7' })).statusCode, 403, 'behind the guard')
+})
+
+t.test('a form post from a browser is answered 303 back to its page; never to another site', async t => {
+  const app = await routesApp(t, {}, { backend: { servers: ['127.0.0.1:1', '127.0.0.1:2', '127.0.0.1:3'], supervisord: 'none', inheritBackendStatus: true } })
+  const form = async (url: string, body: string, headers: Record<string, string> = {}) => await app.inject({
+    method: 'POST', url, payload: body, headers: { 'content-type': 'application/x-www-form-urlencoded', accept: 'text/html,application/xhtml+xml,*/*;q=0.8', host: 'gw.example', ...headers }
+  })
+  const drained = await form('/_supervisord/drain/0', 'back=%2Fhealth%3Fstatus%3Ddown')
+  t.equal(drained.statusCode, 303)
+  t.equal(drained.headers.location, '/health?status=down')
+  t.equal(app.upstreams.get('backend').peers[0].admin, 'drain', 'and the command was carried out')
+  const weighed = await form('/_supervisord/weight/1', 'value=9&back=%2Fhealth')
+  t.equal(weighed.headers.location, '/health')
+  t.equal(app.upstreams.get('backend').peers[1].weight, 9, 'the value from the form\'s body')
+  const cases: Array<[string, Record<string, string>, string]> = [
+    ['back=%2F%2Fevil.example%2F', {}, '/'],
+    ['back=https%3A%2F%2Fevil.example%2F', {}, '/'],
+    ['back=%2F%5Cevil.example', {}, '/'],
+    ['', { referer: 'http://gw.example/status?status=up' }, '/status?status=up'],
+    ['', { referer: 'http://evil.example/health' }, '/'],
+    ['back=javascript%3Aalert(1)', { referer: 'not a url' }, '/']
+  ]
+  for (const [body, headers, location] of cases) {
+    const res = await form('/_supervisord/ready/0', body, headers)
+    t.equal(res.headers.location, location, `${body || '(no back)'} ${JSON.stringify(headers)}`)
+  }
+  const machine = await app.inject({ method: 'POST', url: '/_supervisord/ready/0', payload: 'back=%2Fhealth', headers: { 'content-type': 'application/x-www-form-urlencoded' } })
+  t.equal(machine.statusCode, 200, 'a client that does not ask for HTML gets the JSON answer')
+  const bad = await form('/_supervisord/weight/0', 'value=nope&back=%2Fhealth')
+  t.equal(bad.statusCode, 400, 'a refused form post is answered as any refused command')
+})
+
+t.test('every operator command is logged at info with who sent it', async t => {
+  const lines: Array<Record<string, unknown>> = []
+  const app = Fastify({ logger: loggerInto(lines) })
+  t.teardown(() => app.close())
+  await app.register(registry, { upstreams: NONE })
+  await app.register(supervisord, { pollInterval: 0, antiFlap: 0 })
+  await app.register(supervisordRoutes, { upstream: 'backend', allow: ['127.0.0.0/8', '10.0.0.0/8'] })
+  await app.inject({ method: 'POST', url: '/_supervisord/start/2', remoteAddress: '10.1.2.3' })
+  await app.inject({ method: 'POST', url: '/_supervisord/drain/1', remoteAddress: '127.0.0.5' })
+  await app.inject({ method: 'POST', url: '/_supervisord/stop/any', remoteAddress: '10.1.2.3' })
+  await app.inject({ method: 'POST', url: '/_supervisord/release/2', remoteAddress: '10.1.2.3' })
+  const operator = lines.filter(line => String(line.msg).startsWith('operator:'))
+  t.match(operator, [
+    { level: 30, msg: 'operator: start 2 of upstream "backend" by 10.1.2.3', upstream: 'backend', command: 'start', backend: 2, who: '10.1.2.3', accepted: true, state: 'up' },
+    { level: 30, msg: 'operator: drain 1 of upstream "backend" by 127.0.0.5', command: 'drain', backend: 1, who: '127.0.0.5', admin: 'drain' },
+    { level: 30, msg: 'operator: stop any of upstream "backend" by 10.1.2.3', command: 'stop', backend: 'any', accepted: false },
+    { level: 30, msg: 'operator: release 2 of upstream "backend" by 10.1.2.3', command: 'release', backend: 2, pin: 'none' }
+  ])
+  t.equal(operator.length, 4, 'one line each')
+})
+
+t.test('mounted at the root as nginx did: no admin route, no listing', async t => {
+  const app = await routesApp(t, { prefix: '', startPath: '/_start', stopPath: '/_stop' })
+  t.equal((await app.inject({ method: 'POST', url: '/_start/0' })).statusCode, 200)
+  t.equal((await app.inject({ method: 'POST', url: '/drain/0' })).statusCode, 404)
+  t.equal((await app.inject({ url: '/' })).statusCode, 404)
+  t.equal(app.upstreams.operatorRoutes('backend')?.paths.drain, undefined, 'the status page is told there is no drain route')
+  t.equal(app.upstreams.operatorRoutes('backend')?.paths.start, '/_start')
 })
