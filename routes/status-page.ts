@@ -5,7 +5,7 @@ import { optionKeys, numberOption, oneOfOption, optionError, rejectUnknownOption
 import { Access, type AccessOptions, type Refusal } from '../lib/guard.js'
 import { statusSnapshot } from '../lib/status/snapshot.js'
 import { statusCsv } from '../lib/status/csv.js'
-import { statusHtml, type PeerForms } from '../lib/status/html.js'
+import { escapeHtml, statusHtml, type PeerForms } from '../lib/status/html.js'
 import { readiness } from '../lib/status/readiness.js'
 import { FORMATS, negotiateFormat, queryValue } from '../lib/status/negotiate.js'
 import type { StatusFilter, StatusSnapshot } from '../lib/status/types.js'
@@ -127,7 +127,7 @@ async function statusPagePlugin (fastify: FastifyInstance, options: StatusPageOp
   function signIn (request: FastifyRequest, reply: FastifyReply, refusal: Refusal | undefined): string | FastifyReply {
     if (wouldSignIn(request, refusal)) {
       reply.code(401).header('www-authenticate', `Basic realm="${REALM}", charset="UTF-8"`).header('cache-control', 'no-store').type('text/html; charset=utf-8')
-      return `<!doctype html><meta charset="utf-8"><title>Sign in</title><p>Enter any user name and the token as the password. <a href="${config.path}">Back to the status page</a></p>\n`
+      return `<!doctype html><meta charset="utf-8"><title>Sign in</title><p>Enter any user name and the token as the password. <a href="${escapeHtml(config.path)}">Back to the status page</a></p>\n`
     }
     return reply.redirect(config.path, 303)
   }

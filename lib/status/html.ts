@@ -11,7 +11,7 @@ class Html {
 
 const HTML_ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }
 
-function escapeHtml (text: string): string {
+export function escapeHtml (text: string): string {
   return text.replace(/[&<>"']/g, char => HTML_ESCAPES[char])
 }
 
