@@ -7,7 +7,7 @@ import type http from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import {
-  registry, supervisord, healthCheck, proxy, scaler, statusPage, supervisordRoutes, closeGracefully,
+  registry, supervisord, healthCheck, proxy, scaler, statusPage, supervisordRoutes, metrics, closeGracefully,
   type UpstreamOptions
 } from '../index.js'
 import { freePort, onPath, startDaemon, type Daemon } from '../lib/dev/supervisord-daemon.js'
@@ -60,8 +60,10 @@ async function ownSupervisord (backendPort: number): Promise<{ daemon: Daemon, d
 /**
  * The example gateway: upstream `backend` of three peers, balanced `fair`,
  * health-checked on /healthz, scaled with one always running; the status page
- * at /health, the guarded operator routes under /_supervisord, and everything
- * else proxied.
+ * at /health (its readiness probe at /health?ready), Prometheus metrics at
+ * /metrics, the operator routes under /_supervisord, and everything else
+ * proxied. The routes, the metrics and the page's details and forms answer
+ * loopback only, and also need ADMIN_TOKEN when it is set.
  */
 export async function startGateway (settings: GatewaySettings): Promise<Gateway> {
   const mode = settings.mode ?? (onPath('supervisord') ? 'supervisord' : 'none')
@@ -103,13 +105,10 @@ export async function startGateway (settings: GatewaySettings): Promise<Gateway>
     await app.register(supervisord)
     await app.register(healthCheck)
     await app.register(scaler)
-    await app.register(statusPage, { path: '/health' })
-    await app.register(supervisordRoutes, {
-      upstream: 'backend',
-      prefix: '/_supervisord',
-      allow: ['127.0.0.1', '::1'],
-      token: settings.adminToken
-    })
+    const operators = { allow: ['127.0.0.1', '::1'], token: settings.adminToken }
+    await app.register(statusPage, { path: '/health', ...operators })
+    await app.register(metrics, { path: '/metrics', ...operators })
+    await app.register(supervisordRoutes, { upstream: 'backend', prefix: '/_supervisord', ...operators })
     await app.register(proxy, { upstream: 'backend', disableRequestLogging: true })
     await app.listen({ port: settings.port, host: '127.0.0.1' })
   } catch (error) {

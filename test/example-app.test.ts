@@ -81,18 +81,39 @@ async function exercise (t: Test, gw: Started, token?: string): Promise<number[]
   t.equal(health.status, 200)
   const snapshot = await health.json() as HealthJson
   t.equal(snapshot.upstreams[0].peers.length, 3)
-  const html = await fetch(`${gw.base}/health`, { headers: { accept: 'text/html' } })
-  t.match(await html.text(), /<html/)
   const headers: Record<string, string> = token === undefined ? {} : { authorization: `Bearer ${token}` }
+  const html = await (await fetch(`${gw.base}/health`, { headers: { accept: 'text/html', ...headers } })).text()
+  t.match(html, /<html/)
+  t.match(html, /<form class="act" method="post" action="\/_supervisord\/drain\/0">/, 'the forms, on /health, for an operator')
+  t.match(html, /fastify-supervisord \d+\.\d+\.\d+ · up /, 'the version and uptime in the header')
+  const ready = await fetch(`${gw.base}/health?ready`)
+  t.equal(ready.status, 200, 'the readiness probe, to anyone')
+  t.match(await ready.json(), { ready: true, upstreams: [{ name: 'backend', ready: true }] })
+  const scrape = await fetch(`${gw.base}/metrics`, { headers })
+  t.equal(scrape.status, 200, '/metrics')
+  t.match(await scrape.text(), /^fastify_supervisord_server_sessions_total\{upstream="backend",peer="0"\} \d+$/m)
   if (token !== undefined) {
     t.equal((await fetch(`${gw.base}/_supervisord/start/1`, { method: 'POST' })).status, 403, 'no token: 403')
+    t.equal((await fetch(`${gw.base}/metrics`)).status, 403, 'nor the metrics')
+    const anonymous = await (await fetch(`${gw.base}/health`, { headers: { accept: 'text/html' } })).text()
+    t.notMatch(anonymous, /<form/, 'nor the forms')
+    t.match(anonymous, /class="signin"/, 'but a way to sign in')
+    const drained = await fetch(`${gw.base}/_supervisord/drain/2`, {
+      method: 'POST',
+      redirect: 'manual',
+      headers: { authorization: `Basic ${Buffer.from(`op:${token}`).toString('base64')}`, accept: 'text/html', 'content-type': 'application/x-www-form-urlencoded' },
+      body: 'back=%2Fhealth'
+    })
+    t.equal(drained.status, 303, 'a form post with the token as HTTP Basic: back to /health')
+    t.equal(drained.headers.get('location'), '/health')
+    t.equal((await fetch(`${gw.base}/_supervisord/ready/2`, { method: 'POST', headers })).status, 200)
   }
   const start = await fetch(`${gw.base}/_supervisord/start/1?wait=1`, { method: 'POST', headers })
   t.equal(start.status, 200, 'start route from 127.0.0.1')
   t.match(await start.json(), { upstream: 'backend', command: 'start', backend: 1, accepted: true })
   t.equal((await fetch(`${gw.base}/_supervisord/start/x`, { method: 'POST', headers })).status, 400)
   t.equal((await fetch(`${gw.base}/_supervisord/start/9`, { method: 'POST', headers })).status, 404)
-  const after = await (await fetch(`${gw.base}/health?format=json`)).json() as HealthJson
+  const after = await (await fetch(`${gw.base}/health?format=json`, { headers })).json() as HealthJson
   return after.upstreams[0].peers.map(p => p.pid).filter((pid): pid is number => pid !== null)
 }
 
