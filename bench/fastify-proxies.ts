@@ -4,17 +4,41 @@ import registry from '../plugins/registry.js'
 import proxy from '../plugins/proxy.js'
 import healthCheck from '../plugins/health.js'
 import statusPage from '../routes/status-page.js'
+import metrics from '../plugins/metrics.js'
 
-export type FastifyProxyKind = 'plain' | 'bare' | 'features'
+export type FastifyProxyKind = 'plain' | 'bare' | 'metrics' | 'features'
+
+/** ms between two scrapes of /metrics, as a Prometheus with scrape_interval 1s (its default is 1 min). */
+const SCRAPE_EVERY = 1000
+
+/**
+ * The metrics plugin, scraped as Prometheus would, in the proxy's own
+ * process so that the scrapes' CPU counts as the proxy's: a GET of
+ * /metrics (from loopback) every second while the server runs.
+ */
+async function registerMetrics (app: FastifyInstance): Promise<void> {
+  await app.register(metrics)
+  let timer: NodeJS.Timeout | undefined
+  const scrape = (): void => {
+    timer = setTimeout(() => {
+      app.inject('/metrics').then(res => { if (res.statusCode !== 200) throw new Error(`/metrics answered ${res.statusCode}`) })
+        .finally(scrape).catch(error => app.log.error({ err: error }, 'bench: scrape failed'))
+    }, SCRAPE_EVERY)
+    timer.unref()
+  }
+  app.addHook('onReady', async () => scrape())
+  app.addHook('onClose', async () => clearTimeout(timer))
+}
 
 /**
  * Everything "this proxy, with features" turns on beside the proxy itself,
- * each as an operator would run it. The metrics plugin goes here when it
- * lands, so that the comparison with the bare proxy keeps counting it.
+ * each as an operator would run it, so that the comparison with the bare
+ * proxy keeps counting them.
  */
 async function registerFeatures (app: FastifyInstance): Promise<void> {
   await app.register(healthCheck)
   await app.register(statusPage)
+  await registerMetrics(app)
 }
 
 /** The Fastify proxies of the comparison over `servers` ("host:port"), not yet listening. */
@@ -26,9 +50,11 @@ export async function fastifyProxy (kind: FastifyProxyKind, servers: string[], l
       await app.register(httpProxy, { upstream: `http://${servers[0]}`, disableRequestLogging: true })
       return app
     }
-    case 'bare': {
+    case 'bare':
+    case 'metrics': {
       const app = Fastify({ logger: false })
       await app.register(registry, { upstreams: { backend: { servers, balancer: 'round-robin' } } })
+      if (kind === 'metrics') await registerMetrics(app)
       await app.register(proxy, { upstream: 'backend', disableRequestLogging: true })
       return app
     }

@@ -24,7 +24,8 @@ export const SYSTEMS = {
   raw: 'raw Node http proxy',
   plain: 'plain @fastify/http-proxy',
   bare: 'this proxy, round-robin',
-  features: 'this proxy, fair + checks + status page'
+  metrics: 'this proxy, round-robin + metrics scraped every second',
+  features: 'this proxy, fair + checks + status page + metrics'
 } as const
 export type SystemId = keyof typeof SYSTEMS
 const SYSTEM_IDS = Object.keys(SYSTEMS) as SystemId[]

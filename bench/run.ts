@@ -3,6 +3,7 @@ import { pathToFileURL } from 'node:url'
 // `npm run bench` runs every benchmark; `npm run bench -- peers` only those whose name contains "peers".
 const benches: Record<string, () => Promise<{ run: () => Promise<void> }>> = {
   'balancer-cost': async () => await import('./balancer-cost.js'),
+  'metrics-cost': async () => await import('./metrics-cost.js'),
   peers: async () => await import('./peers.js'),
   faults: async () => await import('./faults.js'),
   'health-checks': async () => await import('./health-checks.js'),

@@ -36,7 +36,7 @@ async function metricsPlugin (fastify: FastifyInstance, options: MetricsOptions)
   if (path === false) return
   fastify.get(path, { onRequest: access.hook }, async (_request, reply) => {
     reply.type(metrics.registry.contentType).header('cache-control', 'no-store')
-    return await metrics.registry.metrics()
+    return await metrics.exposition()
   })
 }
 
