@@ -1,8 +1,9 @@
 import Fastify, { type FastifyRequest, type RouteHandlerMethod } from 'fastify'
 import { describe, expect, test } from 'tstyche'
+import type { Registry as MetricsRegistry } from 'prom-client'
 import {
-  registry, supervisord, healthCheck, scaler, proxy, statusPage, supervisordRoutes, supervisordCommands,
-  Peer, Registry, Upstream, errors,
+  registry, supervisord, healthCheck, scaler, proxy, statusPage, supervisordRoutes, supervisordCommands, metrics,
+  Peer, Registry, Upstream, errors, peerState, type PeerState, type PeerStatus,
   type Balancer, type BalancedUpstream, type ExecuteResult, type SupervisordBridge, type UpstreamOptions, type StatusSnapshot
 } from '../../index.js'
 
@@ -49,6 +50,10 @@ describe('decorators', () => {
     expect(app.supervisord).type.toBe<SupervisordBridge>()
     expect(app.supervisord.execute('backend', 'start', 'any')).type.toBe<Promise<ExecuteResult>>()
     expect(app.supervisord.execute).type.not.toBeCallableWith('backend', 'restart', 0)
+  })
+
+  test('fastify.supervisordMetrics is a prom-client registry, to merge into yours', () => {
+    expect(app.supervisordMetrics).type.toBe<MetricsRegistry>()
   })
 
   test('supervisordStart/Stop return route handlers', () => {
@@ -134,12 +139,24 @@ describe('plugins take their own options', () => {
     expect(app.register).type.toBeCallableWith(healthCheck, { history: 10 })
     expect(app.register).type.toBeCallableWith(scaler)
     expect(app.register).type.toBeCallableWith(supervisordCommands)
+    expect(app.register).type.toBeCallableWith(metrics, { path: false })
+    expect(app.register).type.toBeCallableWith(metrics, { path: '/m', allow: ['10.0.0.0/8'], token: 't' })
+    expect(app.register).type.toBeCallableWith(statusPage, { allow: ['127.0.0.1'], token: 't', others: 'forbidden', readiness: '/ready' })
   })
 
   test('a misspelt or mistyped option is a type error', () => {
     expect(app.register).type.not.toBeCallableWith(proxy, { upstream: 'backend', headersTimeout: '5s' })
     expect(app.register).type.not.toBeCallableWith(statusPage, { path: 42 })
     expect(app.register).type.not.toBeCallableWith(supervisordRoutes, { upstream: 'backend', methods: ['DELETE'] })
+    expect(app.register).type.not.toBeCallableWith(statusPage, { others: 'nobody' })
+    expect(app.register).type.not.toBeCallableWith(metrics, { path: true })
+  })
+
+  test('a peer\'s state is one of the twelve words', () => {
+    expect(peerState).type.toBeCallableWith({} as Peer, {} as Upstream)
+    expect<PeerStatus['state']>().type.toBe<PeerState>()
+    expect<PeerState>().type.toBeAssignableFrom('crashed' as const)
+    expect<PeerState>().type.not.toBeAssignableFrom('down' as const)
   })
 })
 
