@@ -47,7 +47,14 @@ t.test('a scaling decision is one info line with its numbers and the program\'s 
   t.match(decision, {
     level: INFO,
     msg: 'scale: start api0 (peer 0 of upstream "web"): min running, load 0 req/s per running peer against 100, 0 running',
-    upstream: 'web', action: 'start', index: 0, program: 'api0', load: 0, running: 0, threshold: 100, reason: 'min running'
+    upstream: 'web',
+    action: 'start',
+    index: 0,
+    program: 'api0',
+    load: 0,
+    running: 0,
+    threshold: 100,
+    reason: 'min running'
   }, 'api0, not web0')
   t.match(lines.find(line => line.command === 'start'), { level: INFO, msg: 'supervisord none: peer 0 (api0) taken in at once (scaler: min running)', why: 'scaler: min running' }, 'and the bridge says who asked')
 })
