@@ -4,33 +4,32 @@ import type { Peer, PeerChange } from './peer.js'
 import type { Upstream } from './upstream.js'
 import { peerState, type PeerState } from './peer-state.js'
 
-/** ms between two samples of the request counts. */
+/** The request rate is over at most this long (ms): the oldest read of the counts within it. */
+const RATE_WINDOW = 60_000
+/** ms at least between two reads kept, and the shortest span a rate is given over. */
 const SAMPLE_EVERY = 1000
-/** Samples kept: the request rate is over the last this-many seconds. */
-const SAMPLES = 10
 
 interface PeerActivity {
   state: PeerState
   /** Epoch ms it entered `state`. */
   since: number
   lastCommand: CommandEvent | null
-  /** Request counts, oldest first, with when each was read. */
+  /** Request counts as read by requestRate(), oldest first (at most one a second, within RATE_WINDOW). */
   samples: Array<{ at: number, requests: number }>
 }
 
 /**
  * What the model does not keep but an operator asks first: how long each
- * peer has been in its state, its request rate over the last seconds, and
- * the last supervisord command on it with its outcome. Kept from the
- * registry's events and a sample of the request counts once a second
- * (started with the server, unref'ed, stopped at close).
+ * peer has been in its state, its request rate, and the last supervisord
+ * command on it with its outcome. Kept from the registry's events, and
+ * from the request counts as the status page reads them: no timer, and
+ * nothing at all while nobody looks.
  */
 export class Activity {
   /** Epoch ms the gateway's registry was made: its uptime counts from here. */
   readonly startedAt = Date.now()
   readonly #upstreams: ReadonlyMap<string, Upstream>
   readonly #peers = new Map<Peer, PeerActivity>()
-  #timer: NodeJS.Timeout | undefined
 
   constructor (registry: EventEmitter<RegistryEvents>, upstreams: ReadonlyMap<string, Upstream>) {
     this.#upstreams = upstreams
@@ -41,16 +40,6 @@ export class Activity {
     }
     registry.on('change', this.#onChange)
     registry.on('command', this.#onCommand)
-  }
-
-  start (): void {
-    if (this.#timer !== undefined) return
-    this.#sample()
-  }
-
-  stop (): void {
-    clearTimeout(this.#timer)
-    this.#timer = undefined
   }
 
   /** The peer's state and since when (epoch ms) it has been in it. */
@@ -65,10 +54,18 @@ export class Activity {
     return this.#of(peer).lastCommand
   }
 
-  /** Requests per second sent to the peer over the last SAMPLES seconds (null until a second has passed). */
+  /**
+   * Requests per second sent to the peer since the oldest read of the last
+   * minute (a page that reloads every 5 s shows the last minute's rate);
+   * null on a first read, or when the last was over a minute ago.
+   */
   requestRate (peer: Peer, now = Date.now()): number | null {
-    const oldest = this.#of(peer).samples[0]
-    if (oldest === undefined || now - oldest.at < SAMPLE_EVERY / 2) return null
+    const samples = this.#of(peer).samples
+    while (samples.length > 0 && now - samples[0].at > RATE_WINDOW) samples.shift()
+    const oldest = samples[0]
+    const newest = samples.at(-1)
+    if (newest === undefined || now - newest.at >= SAMPLE_EVERY) samples.push({ at: now, requests: peer.requests })
+    if (oldest === undefined || now - oldest.at < SAMPLE_EVERY) return null
     return (peer.requests - oldest.requests) / ((now - oldest.at) / 1000)
   }
 
@@ -94,15 +91,5 @@ export class Activity {
   readonly #onCommand = (event: CommandEvent): void => {
     const peer = this.#upstreams.get(event.upstream)?.peers[event.index]
     if (peer !== undefined) this.#of(peer).lastCommand = event
-  }
-
-  #sample (): void {
-    const now = Date.now()
-    for (const [peer, activity] of this.#peers) {
-      activity.samples.push({ at: now, requests: peer.requests })
-      if (activity.samples.length > SAMPLES) activity.samples.shift()
-    }
-    this.#timer = setTimeout(() => this.#sample(), SAMPLE_EVERY)
-    this.#timer.unref()
   }
 }

@@ -32,7 +32,7 @@ const REGISTRY_SECTIONS = ['servers', 'balancer', 'hashKey', 'hashConsistent', '
  */
 export class Registry extends EventEmitter<RegistryEvents> {
   readonly upstreams: ReadonlyMap<string, Upstream>
-  /** Time in state, request rates and last commands of the peers (sampled from the server's start to its close). */
+  /** Time in state, request rates and last commands of the peers. */
   readonly activity: Activity
   readonly #operatorRoutes = new Map<string, OperatorRoutes>()
   readonly #claimed = new Set<string>(REGISTRY_SECTIONS)
@@ -125,7 +125,6 @@ export class Registry extends EventEmitter<RegistryEvents> {
   }
 
   close (): void {
-    this.activity.stop()
     for (const upstream of this.upstreams.values()) {
       for (const peer of upstream.peers) peer.dispose()
     }

@@ -31,7 +31,6 @@ async function registryPlugin (fastify: FastifyInstance, options: RegistryOption
       throw new UnreadOptionError(unclaimed.join('; '))
     }
   })
-  fastify.addHook('onReady', async () => registry.activity.start())
   fastify.addHook('onClose', async () => registry.close())
 }
 

@@ -133,6 +133,21 @@ t.test('snapshot: the stable JSON shape, from the registry', async t => {
   t.match(snapshot.upstreams[1].peers, [{ address: '[::1]:9000', program: 'apiprog0', pid: 77 }, { program: 'apiprog1', passive: 'failed', fails: 1 }])
 })
 
+t.test('snapshot: the request rate, since the oldest read within the last minute', async t => {
+  const app = await build(t)
+  const peer = app.upstreams.get('plain').peers[0]
+  const rate = (now: number) => statusSnapshot(app.upstreams, { now }).upstreams[2].peers[0].requestRate
+  const t0 = Date.now()
+  t.equal(rate(t0), null, 'nothing to compare a first read with')
+  for (let i = 0; i < 10; i++) { peer.acquire(); peer.release() }
+  t.equal(rate(t0 + 500), null, 'nor a read within a second of it')
+  t.equal(rate(t0 + 2000), 5, '10 requests in 2 s')
+  for (let i = 0; i < 30; i++) { peer.acquire(); peer.release() }
+  t.equal(rate(t0 + 10_000), 4, '40 in 10 s: still from the first read')
+  t.equal(rate(t0 + 61_000), 0.5, 'a minute on: from the read at 2 s, the 30 since (in 59 s)')
+  t.equal(rate(t0 + 200_000), null, 'every read over a minute old: no rate')
+})
+
 t.test('snapshot: the history shown is bounded to the most recent checks', async t => {
   const app = await build(t)
   const peer = app.upstreams.get('plain').peers[0]

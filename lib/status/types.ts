@@ -51,7 +51,7 @@ export interface PeerStatus {
   routable: boolean
   inflight: number
   requests: number
-  /** Requests per second sent to it over the last 10 s (null in the first second). */
+  /** Requests per second sent to it since the oldest read within the last minute (null on a first read). */
   requestRate: number | null
   fails: number
   /** Passive failures by kind. */
