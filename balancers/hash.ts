@@ -190,24 +190,23 @@ function keyReader (key: HashKey): (request: FastifyRequest) => string | undefin
  */
 export function cookieValue (header: string | undefined, name: string): string | undefined {
   if (header === undefined) return undefined
-  const end = header.length
   const lower = name.toLowerCase()
+  // charCodeAt past the end is NaN: the space and `=` tests stop there on their own.
   let start = 0
-  while (start < end) {
+  for (;;) {
     if (header.slice(start, start + name.length).toLowerCase() === lower) {
       let i = start + name.length
-      while (i < end && header.charCodeAt(i) === 32) i++
-      if (i < end && header.charCodeAt(i) === 61) {
+      while (header.charCodeAt(i) === 32) i++
+      if (header.charCodeAt(i) === 61) {
         i++
-        while (i < end && header.charCodeAt(i) === 32) i++
+        while (header.charCodeAt(i) === 32) i++
         const last = header.indexOf(';', i)
-        return header.slice(i, last === -1 ? end : last)
+        return header.slice(i, last === -1 ? header.length : last)
       }
     }
     const next = header.indexOf(';', start)
     if (next === -1) return undefined
     start = next + 1
-    while (start < end && header.charCodeAt(start) === 32) start++
+    while (header.charCodeAt(start) === 32) start++
   }
-  return undefined
 }

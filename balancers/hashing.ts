@@ -73,14 +73,13 @@ export class WeightsSeen {
     if (upstream.version === this.#version) return false
     this.#version = upstream.version
     const peers = upstream.peers
-    let changed = peers.length !== this.#weights.length
+    let changed = false
     for (let i = 0; i < peers.length; i++) {
       if (this.#weights[i] !== peers[i].weight) {
         this.#weights[i] = peers[i].weight
         changed = true
       }
     }
-    this.#weights.length = peers.length
     return changed
   }
 }

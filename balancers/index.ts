@@ -20,6 +20,7 @@ export function createBalancer (name: BalancerName, hashKey?: HashKey, hashConsi
   }
 }
 
-export function isBalancer (value: unknown): value is Balancer {
-  return typeof value === 'object' && value !== null && typeof (value as Balancer).pick === 'function'
+/** A balancer object (anything with a pick() method) rather than a built-in's name. */
+export function isBalancer (value: BalancerName | Balancer): value is Balancer {
+  return typeof (value as Partial<Balancer>).pick === 'function'
 }

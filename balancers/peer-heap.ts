@@ -14,8 +14,6 @@ export class PeerHeap {
     this.#less = less
   }
 
-  get size (): number { return this.items.length }
-
   reset (peers: readonly Peer[], indexBound: number): void {
     if (this.#pos.length < indexBound) this.#pos = new Int32Array(indexBound)
     this.#pos.fill(-1)

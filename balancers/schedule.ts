@@ -17,7 +17,6 @@ function gcd (a: number, b: number): number {
  * in O(cycle × log n), so large upstreams stay cheap to rebuild.
  */
 export function weightedCycle (peers: readonly Peer[]): Peer[] {
-  if (peers.length === 0) return []
   let g = 0
   let bound = 0
   for (const peer of peers) {

@@ -22,6 +22,10 @@ interface Site {
   options: Omit<UpstreamOptions, 'servers'>
   /** Server DOWN is marked `down` on both sides. */
   down?: boolean
+  /** Weights and down servers other than WEIGHTS and DOWN. */
+  servers?: Array<{ weight: number, down: boolean }>
+  /** Sent one at a time: the answers depend on the order (round-robin after the tries run out). */
+  sequential?: boolean
   /** The requests to compare, as path and headers (for nginx, `x-real-ip` carries the client address). */
   requests: Array<{ path: string, headers: Record<string, string> }>
 }
@@ -32,6 +36,9 @@ const ipv6 = [
   ...Array.from({ length: 10 }, (_, i) => `64:ff9b::10.${i}.${i * 3}.1`)
 ]
 const byAddress = (ips: string[]) => ips.map(ip => ({ path: '/', headers: { 'x-real-ip': ip, 'x-forwarded-for': ip } }))
+// A server holding nearly every point and down: most keys use up their 21 tries
+// on it, and nginx balances those round-robin over the other two, in arrival order.
+const HEAVY_DOWN = [{ weight: 100, down: true }, { weight: 1, down: false }, { weight: 1, down: false }]
 const urls = Array.from({ length: 300 }, (_, i) => ({ path: `/item/${i * 7}?v=${i % 13}`, headers: {} }))
 
 const sites: Site[] = [
@@ -42,6 +49,9 @@ const sites: Site[] = [
   { name: 'hash $request_uri consistent, a server down', directive: 'hash $request_uri consistent;', options: { balancer: 'hash' }, down: true, requests: urls },
   { name: 'hash $request_uri', directive: 'hash $request_uri;', options: { balancer: 'hash', hashConsistent: false }, requests: urls },
   { name: 'hash $request_uri, a server down (rehash)', directive: 'hash $request_uri;', options: { balancer: 'hash', hashConsistent: false }, down: true, requests: urls },
+  { name: 'ip_hash, 21 tries on a heavy down server, then round-robin', directive: 'ip_hash;', options: { balancer: 'ip-hash' }, servers: HEAVY_DOWN, sequential: true, requests: byAddress(ipv4) },
+  { name: 'hash consistent, 21 tries on a heavy down server, then round-robin', directive: 'hash $request_uri consistent;', options: { balancer: 'hash' }, servers: HEAVY_DOWN, sequential: true, requests: urls },
+  { name: 'hash, 21 rehashes on a heavy down server, then round-robin', directive: 'hash $request_uri;', options: { balancer: 'hash', hashConsistent: false }, servers: HEAVY_DOWN, sequential: true, requests: urls },
   {
     name: 'hash $cookie_sid consistent',
     directive: 'hash $cookie_sid consistent;',
@@ -60,8 +70,12 @@ const sites: Site[] = [
   }
 ]
 
-function serverLine (backend: Backend, i: number, down: boolean): string {
-  return `server ${backend.address} weight=${WEIGHTS[i]}${down && i === DOWN ? ' down' : ''};`
+function serversOf (site: Site): Array<{ weight: number, down: boolean }> {
+  return site.servers ?? WEIGHTS.map((weight, i) => ({ weight, down: site.down === true && i === DOWN }))
+}
+
+function serverLine (backend: Backend, server: { weight: number, down: boolean }): string {
+  return `server ${backend.address} weight=${server.weight}${server.down ? ' down' : ''};`
 }
 
 t.test('ip_hash and hash place every client and key on the backend nginx picks', { skip: nginxSkip(MODULES) }, async t => {
@@ -72,7 +86,7 @@ t.test('ip_hash and hash place every client and key on the backend nginx picks',
     'real_ip_header X-Real-IP;',
     ...sites.map((site, s) => `upstream site${s} {
         ${site.directive}
-        ${backends.map((b, i) => serverLine(b, i, site.down === true)).join('\n        ')}
+        ${serversOf(site).map((server, i) => serverLine(backends[i], server)).join('\n        ')}
     }
     server {
         listen 127.0.0.1:${ports[s]};
@@ -83,12 +97,13 @@ t.test('ip_hash and hash place every client and key on the backend nginx picks',
   const dispatcher = clientFor(t)
 
   for (const [s, site] of sites.entries()) {
-    const servers = backends.map((b, i) => ({ address: b.address, weight: WEIGHTS[i], down: site.down === true && i === DOWN }))
+    const servers = serversOf(site).map((server, i) => ({ address: backends[i].address, ...server }))
     const app: FastifyInstance = await gateway({ u: { servers, ...site.options } })
     const viaNginx: number[] = []
-    // a few at a time: nginx answers in parallel, the order of the results is kept
-    for (let i = 0; i < site.requests.length; i += 16) {
-      const batch = site.requests.slice(i, i + 16).map(async ({ path, headers }) => {
+    // a few at a time (nginx answers in parallel, the order of the results is kept), or one by one
+    const batchSize = site.sequential === true ? 1 : 16
+    for (let i = 0; i < site.requests.length; i += batchSize) {
+      const batch = site.requests.slice(i, i + batchSize).map(async ({ path, headers }) => {
         const res = await request(`http://127.0.0.1:${ports[s]}${path}`, { headers, dispatcher })
         await res.body.dump()
         return res.statusCode === 200 ? Number(res.headers['x-backend']) : -res.statusCode
@@ -105,7 +120,8 @@ t.test('ip_hash and hash place every client and key on the backend nginx picks',
     t.equal(agree, site.requests.length, `${site.name}: ${agree} of ${site.requests.length} on nginx's backend`)
     t.same(viaGateway, viaNginx, `${site.name}: the same backends in the same order`)
     const used = new Set(viaNginx)
-    t.equal(used.size, site.down === true ? WEIGHTS.length - 1 : WEIGHTS.length, `${site.name}: nginx used every backend that is up (${[...used].sort().join(',')})`)
-    if (site.down === true) t.notOk(viaGateway.includes(DOWN), `${site.name}: none on the down server`)
+    const up = serversOf(site).filter(server => !server.down).length
+    t.equal(used.size, up, `${site.name}: nginx used every backend that is up (${[...used].sort().join(',')})`)
+    serversOf(site).forEach((server, i) => { if (server.down) t.notOk(viaGateway.includes(i), `${site.name}: none on the down server`) })
   }
 })
