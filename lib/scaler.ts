@@ -57,23 +57,42 @@ function settings (upstream: Upstream) {
 
 type Settings = ReturnType<typeof settings>
 
+/**
+ * Where the scaler reads the time and sets its timers: the real clock, or a
+ * fake one that a test moves on (`@sinonjs/fake-timers`' createClock(), say),
+ * so that windows end when the test says, not after real seconds.
+ */
+export interface ScalerClock {
+  now: () => number
+  setTimeout: (callback: () => void, ms: number) => unknown
+  clearTimeout: (timer: unknown) => void
+}
+
+const REAL_CLOCK: ScalerClock = {
+  now: () => Date.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms).unref(),
+  clearTimeout: timer => clearTimeout(timer as NodeJS.Timeout)
+}
+
 /** One upstream's scaler: a decision every window on request rate, and a fast path on in-flight. */
 class UpstreamScaler {
   readonly #registry: Registry
   readonly #log: FastifyBaseLogger
   readonly #upstream: Upstream
   readonly #settings: Settings
-  #windowTimer: NodeJS.Timeout | undefined
-  #panicTimer: NodeJS.Timeout | undefined
+  readonly #clock: ScalerClock
+  #windowTimer: unknown
+  #panicTimer: unknown
   #lastRequests = 0
   #inflightSamples: number[] = []
   #panicUntil = 0
 
-  constructor (registry: Registry, log: FastifyBaseLogger, upstream: Upstream, scaleSettings: Settings) {
+  constructor (registry: Registry, log: FastifyBaseLogger, upstream: Upstream, scaleSettings: Settings, clock: ScalerClock) {
     this.#registry = registry
     this.#log = log
     this.#upstream = upstream
     this.#settings = scaleSettings
+    this.#clock = clock
   }
 
   start (): void {
@@ -82,15 +101,15 @@ class UpstreamScaler {
     for (let missing = this.#settings.minRunning - up.length; missing > 0; missing--) this.#start(0, up.length, 'min running')
     this.#lastRequests = this.#totalRequests()
     this.#read(null, up.length)
-    this.#windowTimer = setTimeout(() => this.#onWindow(), this.#settings.window).unref()
+    this.#windowTimer = this.#clock.setTimeout(() => this.#onWindow(), this.#settings.window)
     if (this.#settings.targetInFlight !== undefined) {
-      this.#panicTimer = setTimeout(() => this.#onSample(), this.#settings.panicWindow / PANIC_SAMPLES).unref()
+      this.#panicTimer = this.#clock.setTimeout(() => this.#onSample(), this.#settings.panicWindow / PANIC_SAMPLES)
     }
   }
 
   stop (): void {
-    clearTimeout(this.#windowTimer)
-    clearTimeout(this.#panicTimer)
+    this.#clock.clearTimeout(this.#windowTimer)
+    this.#clock.clearTimeout(this.#panicTimer)
   }
 
   #totalRequests (): number {
@@ -107,12 +126,12 @@ class UpstreamScaler {
     const load = requests / (this.#settings.window / 1000) / Math.max(up.length, 1)
     this.#read(load, up.length)
     this.#decide(requests, load, up)
-    this.#windowTimer = setTimeout(() => this.#onWindow(), this.#settings.window).unref()
+    this.#windowTimer = this.#clock.setTimeout(() => this.#onWindow(), this.#settings.window)
   }
 
   /** What the status page and the metrics show: the last load against the threshold, and when the next decision comes. */
   #read (load: number | null, running: number): void {
-    const now = Date.now()
+    const now = this.#clock.now()
     const { loadThreshold: threshold, minRunning, maxRunning, window } = this.#settings
     this.#upstream.recordScale({ load: load === null ? null : Math.round(load * 100) / 100, threshold, running, minRunning, maxRunning, at: load === null ? null : now, nextAt: now + window })
   }
@@ -123,7 +142,7 @@ class UpstreamScaler {
       this.#start(load, up.length, 'min running')
     } else if (load > loadThreshold) {
       if (up.length < maxRunning) this.#start(load, up.length, 'load')
-    } else if (Date.now() < this.#panicUntil || up.length <= minRunning || up.some(peer => peer.process === 'starting')) {
+    } else if (this.#clock.now() < this.#panicUntil || up.length <= minRunning || up.some(peer => peer.process === 'starting')) {
       // In a burst, at the floor, or a start still under way (it counts as
       // capacity but cannot serve yet): keep what runs.
     } else if (requests === 0 && !up.some(peer => peer.inflight > 0)) {
@@ -144,14 +163,14 @@ class UpstreamScaler {
     if (samples.length > PANIC_SAMPLES) samples.shift()
     const mean = samples.reduce((a, b) => a + b, 0) / samples.length
     if (samples.length >= 2 && mean > (targetInFlight as number)) {
-      this.#panicUntil = Date.now() + panicWindow
+      this.#panicUntil = this.#clock.now() + panicWindow
       // One at a time: wait for the last start to land before asking again.
       if (up.length < this.#settings.maxRunning && !up.some(peer => peer.process === 'starting')) {
         this.#start(mean, up.length, 'in-flight')
         samples.length = 0
       }
     }
-    this.#panicTimer = setTimeout(() => this.#onSample(), panicWindow / PANIC_SAMPLES).unref()
+    this.#panicTimer = this.#clock.setTimeout(() => this.#onSample(), panicWindow / PANIC_SAMPLES)
   }
 
   /** The upstream's start rule, leaving pinned peers to the operator. */
@@ -176,7 +195,7 @@ class UpstreamScaler {
       running: runningCount,
       threshold: reason === 'in-flight' ? this.#settings.targetInFlight as number : this.#settings.loadThreshold,
       reason,
-      at: Date.now()
+      at: this.#clock.now()
     }
     // The program's own name (supervisordName may differ from the upstream's), its address without a bridge.
     const program = peer.program ?? peer.address
@@ -191,11 +210,11 @@ class UpstreamScaler {
 export class Scaler {
   readonly #scalers: UpstreamScaler[] = []
 
-  constructor (registry: Registry, log: FastifyBaseLogger) {
+  constructor (registry: Registry, log: FastifyBaseLogger, clock: ScalerClock = REAL_CLOCK) {
     registry.claim('scale')
     for (const upstream of registry.upstreams.values()) {
       if (upstream.options.scale === undefined) continue
-      this.#scalers.push(new UpstreamScaler(registry, log, upstream, settings(upstream)))
+      this.#scalers.push(new UpstreamScaler(registry, log, upstream, settings(upstream), clock))
     }
   }
 
