@@ -146,8 +146,19 @@ t.test('in flight: acquire and release count requests; the balancer hears every 
   t.same(heard, [1, 2, 1])
 })
 
-t.test('whenIdle: resolved by the last release or an abort, and an aborted wait is not resolved again', async t => {
+t.test('whenIdle: at once when idle, else resolved by the last release or an abort', async t => {
   const { peer } = peerWith()
+  await peer.whenIdle()
+  t.pass('idle: at once')
+  peer.acquire()
+  peer.acquire()
+  let drained = false
+  const both = peer.whenIdle().then(() => { drained = true })
+  peer.release()
+  await new Promise(resolve => setImmediate(resolve))
+  t.notOk(drained, 'one of two released: still waiting')
+  peer.release()
+  await both
   peer.acquire()
   const controller = new AbortController()
   let abortedDone = 0

@@ -36,7 +36,8 @@ async function run (t: Test, code: string, substitutions: Array<[string, string]
   const output: string[] = []
   child.stdout.on('data', (chunk: Buffer) => output.push(chunk.toString()))
   child.stderr.on('data', (chunk: Buffer) => output.push(chunk.toString()))
-  const listening = await until(() => output.join('').includes('Server listening') || child.exitCode !== null, 15_000)
+  // Bounds for a loaded machine: a program that works listens within seconds; one that is broken exits or never says so.
+  const listening = await until(() => output.join('').includes('Server listening') || child.exitCode !== null, 60_000)
   if (!listening || child.exitCode !== null) throw new Error(`README program did not start:\n${output.join('')}\n${source}`)
   return { base: `http://127.0.0.1:${port}`, output }
 }
@@ -46,7 +47,8 @@ function backendPorts (backends: Backend[]): Array<[string, string]> {
 }
 
 async function get (url: string): Promise<{ status: number, body: string }> {
-  const res = await fetch(url, { signal: AbortSignal.timeout(10_000) })
+  // The first request of a cold start is held while supervisord starts the backend: well past that on a loaded machine.
+  const res = await fetch(url, { signal: AbortSignal.timeout(30_000) })
   return { status: res.status, body: await res.text() }
 }
 

@@ -4,7 +4,6 @@ import registry from '../plugins/registry.js'
 import { Registry, type RegistryOptions } from '../lib/registry.js'
 import { parseAddress } from '../lib/upstream.js'
 import type { PeerChange } from '../lib/peer.js'
-import { sleep } from './helpers/wait.js'
 
 function build (upstreams: unknown) {
   return () => new Registry({ upstreams } as RegistryOptions)
@@ -82,26 +81,6 @@ t.test('every change is an event any number of listeners hear; routable is deriv
   t.throws(() => r.setAdmin('a', 0, 'gone' as never), /admin state must be one of ready, drain, maint/)
 })
 
-t.test('passive failures: maxFails within failTimeout, then back after failTimeout; maxFails 0 disables', async t => {
-  const r = new Registry({ upstreams: { a: { servers: [{ address: '127.0.0.1:1', maxFails: 2, failTimeout: 100 }, { address: '127.0.0.1:2', maxFails: 0 }] } } })
-  const [peer, never] = r.get('a').peers
-  const changes: PeerChange[] = []
-  r.on('change', c => changes.push(c))
-  peer.recordFailure('x', 1000)
-  t.equal(peer.passive, 'ok', 'one failure of two allowed')
-  peer.recordFailure('x', 1200)
-  t.equal(peer.passive, 'ok', 'the window had closed: counting starts again')
-  peer.recordFailure('ECONNREFUSED', 1250)
-  t.equal(peer.passive, 'failed')
-  t.notOk(peer.routable)
-  await sleep(150)
-  t.equal(peer.passive, 'ok', 'back after failTimeout')
-  t.same(changes.map(c => [c.field, c.to, c.reason]), [['passive', 'failed', 'ECONNREFUSED'], ['passive', 'ok', 'failTimeout passed']])
-  for (let i = 0; i < 5; i++) never.recordFailure('x')
-  t.equal(never.passive, 'ok')
-  t.equal(never.fails, 5, 'still counted')
-})
-
 t.test('the plugin decorates the instance, rejects unread sections, and clears timers on close', async t => {
   const app = Fastify()
   await app.register(registry, { upstreams: { a: { servers: [{ address: '127.0.0.1:1', failTimeout: 60_000 }] } } })
@@ -131,28 +110,6 @@ t.test('a listener that throws is logged and skipped: the change stands, the lis
   r.get('a').demand()
   r.get('a').demand()
   t.equal(once, 1, 'once listeners still run once')
-})
-
-t.test('a peer\'s whenIdle resolves when in-flight reaches 0, at once when idle, and on abort', async t => {
-  const peer = new Registry({ upstreams: { a: { servers: ['127.0.0.1:1'] } } }).get('a').peers[0]
-  await peer.whenIdle()
-  peer.acquire()
-  peer.acquire()
-  let idle = false
-  const waiting = peer.whenIdle().then(() => { idle = true })
-  peer.release()
-  await sleep(10)
-  t.equal(idle, false, 'one still in flight')
-  peer.release()
-  await waiting
-  t.equal(idle, true, 'resolved by the last release, no timer')
-  peer.acquire()
-  const controller = new AbortController()
-  const aborted = peer.whenIdle(controller.signal)
-  controller.abort()
-  await aborted
-  t.equal(peer.inflight, 1, 'an abort ends the wait, the request is still in flight')
-  peer.release()
 })
 
 t.test('one start rule and one stop rule: primaries first by index, ready, out of back-off; pins for the scaler; never the last running', async t => {

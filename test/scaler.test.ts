@@ -1,17 +1,13 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import { createClock } from '@sinonjs/fake-timers'
 import registry from '../plugins/registry.js'
 import type { ScaleEvent } from '../lib/events.js'
 import supervisord from '../plugins/supervisord.js'
 import proxy from '../plugins/proxy.js'
 import scaler, { type ScaleOptions } from '../plugins/scaler.js'
-import { Scaler } from '../lib/scaler.js'
 import { skip, supervisordFor } from './helpers/supervisord.js'
 import { sleep, until } from './helpers/wait.js'
-
-/** A fake clock for the scaler alone (the gateway, the bridge and the backends keep real time): its windows end when the test ticks. */
-type FakeClock = ReturnType<typeof createClock>
+import { scalerOnFakeClock, type FakeClock } from './helpers/clock.js'
 
 interface ScaledApp { app: FastifyInstance, decisions: ScaleEvent[], clock: FakeClock }
 
@@ -24,14 +20,7 @@ async function scaledApp (t: Test, servers: unknown[], scale: ScaleOptions, supe
   await app.register(registry, { upstreams: { backend: { servers: servers as string[], supervisord: supervisordOption as string, inheritBackendStatus: true, scale } } })
   await app.register(supervisord, { pollInterval: 0 })
   await app.register(proxy, { upstream: 'backend', holdTimeout: 5000 })
-  const clock = createClock(Date.now())
-  const scaling = new Scaler(app.upstreams, app.log, {
-    now: () => clock.now,
-    setTimeout: (callback, ms) => clock.setTimeout(callback, ms),
-    clearTimeout: timer => clock.clearTimeout(timer as number)
-  })
-  app.addHook('onReady', async () => scaling.start())
-  app.addHook('onClose', async () => scaling.stop())
+  const clock = scalerOnFakeClock(app)
   const decisions: ScaleEvent[] = []
   app.upstreams.on('scale', event => decisions.push(event))
   t.teardown(() => app.close())

@@ -6,6 +6,7 @@ import { supervisordRoutes } from '../routes/supervisord-routes.js'
 import { clientFor, listening, loadFor } from './helpers/gateway.js'
 import { bridgeApp, getDirect, processes, proxyApp, rpcCounter, serving, skip, supervisordFor } from './helpers/supervisord.js'
 import { until } from './helpers/wait.js'
+import { scalerOnFakeClock } from './helpers/clock.js'
 
 // The faults of on-demand start, each against a real supervisord: a broken
 // program, a drained peer, a wrong password, a missing binary, a program that
@@ -122,7 +123,7 @@ t.test('start faults with a real supervisord', { skip, jobs: 3 }, async t => {
     await sv.client.startProcess('backend0')
     await app.ready()
     t.equal(processes(app)[0], 'starting', 'RUNNING, but not listening yet')
-    t.ok(await until(() => processes(app)[0] === 'up', 8000), 'up once it listens, without another poll')
+    t.ok(await until(() => processes(app)[0] === 'up', 15_000), 'up once it listens, without another poll')
     t.equal((await getDirect(sv.programs[0].address) as { status: number }).status, 200)
   })
 
@@ -168,7 +169,7 @@ t.test('start faults with a real supervisord', { skip, jobs: 3 }, async t => {
     t.notOk(peers[1].routable, 'but it is out of rotation')
     const served = await Promise.all(Array.from({ length: 10 }, async () => (await app.inject('/')).body))
     t.same(served, Array(10).fill('{"backend":0}'), 'every request went to backend0')
-    t.ok(await until(() => peers[1].process === 'down', 8000), 'down once a read says STOPPED')
+    t.ok(await until(() => peers[1].process === 'down', 15_000), 'down once a read says STOPPED')
     t.equal(await sv.statename('backend1'), 'STOPPED')
   })
 
@@ -203,20 +204,23 @@ t.test('start faults with a real supervisord', { skip, jobs: 3 }, async t => {
 })
 
 t.test('an operator\'s start pins the peer: the scaler leaves it alone until it is released', async t => {
-  const scaler = (await import('../plugins/scaler.js')).default
   const { app, changes } = await bridgeApp(t, {
     backend: { servers: ['127.0.0.1:1', '127.0.0.1:2'], supervisord: 'none', scale: { window: 100, loadThreshold: 1e9 } }
   }, {}, 'info')
-  await app.register(scaler)
+  const clock = scalerOnFakeClock(app)
   await app.register(supervisordRoutes, { upstream: 'backend' })
   await app.ready()
   const peer = app.upstreams.get('backend').peers[1]
   t.equal((await app.inject({ method: 'POST', url: '/_supervisord/start/1' })).statusCode, 200)
   t.equal(peer.pin, 'up')
   t.match(changes.find(c => c.field === 'pin'), { index: 1, from: 'none', to: 'up', reason: 'operator start' }, 'the pin is announced')
-  await new Promise(resolve => setTimeout(resolve, 600))
-  t.equal(peer.process, 'up', 'six idle windows: not stopped')
+  clock.tick(600)
+  t.ok(await until(() => app.upstreams.get('backend').peers[0].process === 'down'), 'an idle window stops the peer not pinned')
+  clock.tick(600)
+  t.equal(peer.process, 'up', 'six more idle windows: the pinned one is not stopped')
   const released = await app.inject({ method: 'POST', url: '/_supervisord/release/1' })
   t.same(released.json(), { upstream: 'backend', backend: 1, pin: 'none' })
-  t.ok(await until(() => peer.process === 'down', 2000), 'released: the next idle window stops it')
+  t.equal(peer.process, 'up', 'released: up until the window ends')
+  clock.tick(100)
+  t.ok(await until(() => peer.process === 'down'), 'the next idle window stops it')
 })

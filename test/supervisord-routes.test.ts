@@ -218,7 +218,7 @@ t.test('?wait=1 with a real supervisord', { skip, jobs: 3 }, async t => {
 
     const accepted = await app.inject({ method: 'POST', url: '/_supervisord/start/1' })
     t.match(accepted.json(), { backend: 1, accepted: true, state: 'starting' }, 'without wait: answered once accepted')
-    t.ok(await until(() => processes(app)[1] === 'up', 4000))
+    t.ok(await until(() => processes(app)[1] === 'up', 15_000))
 
     const failed = await app.inject({ method: 'POST', url: '/broken/start/0?wait=1' })
     t.equal(failed.statusCode, 502)
