@@ -159,7 +159,10 @@ async function stopped (t: Test, gw: Started, pids: number[], target: 'npm' | 'g
     ? undefined
     : request(`${gw.base}${slow.path}`, { method: 'POST', headers: slow.headers, dispatcher: clients.dispatcher })
       .then(async res => { await res.body.text(); return res.statusCode }, () => -1)
-  if (inFlight !== undefined) await new Promise(resolve => setTimeout(resolve, 200))
+  if (inFlight !== undefined) {
+    t.ok(await until(() => gw.lines.some(line => line.msg === 'incoming request' && (line.req as { url?: string } | undefined)?.url === slow?.path), 10_000),
+      'the slow request reached the gateway')
+  }
   process.kill(target === 'npm' ? gw.child.pid as number : gw.gatewayPid, 'SIGTERM')
   const statuses = await clients.stop()
   // The bound the shutdown must meet: measured from SIGTERM, generous for a loaded machine.

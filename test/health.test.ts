@@ -157,7 +157,6 @@ t.test('close aborts a hanging check at once', async t => {
   await app.register(health)
   await app.ready()
   t.ok(await until(() => server.connections === 1), 'the check connected')
-  await sleep(20)
   const start = Date.now()
   await app.close()
   const took = Date.now() - start

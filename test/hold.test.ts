@@ -1,8 +1,8 @@
 import t from 'tap'
 import { request } from 'undici'
 import { backendFor } from './helpers/backends.js'
-import { clientFor, gateway, listening } from './helpers/gateway.js'
-import { until } from './helpers/wait.js'
+import { clientFor, gateway, onDemandGateway } from './helpers/gateway.js'
+import { sleep, until } from './helpers/wait.js'
 
 // Holding is driven through the registry's own API: whatever can start peers
 // calls `startOnDemand()` and answers `demand` events. The supervisord bridge is
@@ -13,15 +13,10 @@ import { until } from './helpers/wait.js'
 t.test('held requests go out in arrival order the moment a peer is up; one demand for 50 requests', async t => {
   const order: string[] = []
   const backend = await backendFor(t, (req, res) => { order.push(req.url ?? ''); res.end('ok') })
-  const app = await gateway({ b: { servers: [{ address: backend.address, down: true }] } })
-  t.teardown(() => app.close())
-  const upstream = app.upstreams.get('b')
-  upstream.startOnDemand()
-  let demands = 0
+  const { app, upstream, demands } = await onDemandGateway(t, [{ address: backend.address, down: true }])
   let sentBeforeUp = -1
   let sentOnAtUp = -1
   app.upstreams.on('demand', () => {
-    demands++
     upstream.peers[0].setProcess('starting')
     setTimeout(() => {
       sentBeforeUp = upstream.peers[0].requests
@@ -34,7 +29,7 @@ t.test('held requests go out in arrival order the moment a peer is up; one deman
   const responses = await Promise.all(Array.from({ length: 50 }, async (_, i) => await app.inject(`/r${i}`)))
   t.ok(Date.now() - started >= 90, 'they waited for the start')
   t.same(responses.map(r => r.statusCode), Array(50).fill(200))
-  t.equal(demands, 1, 'exactly one start asked for')
+  t.equal(demands(), 1, 'exactly one start asked for')
   t.equal(sentBeforeUp, 0, 'none sent on while the peer was starting')
   t.equal(sentOnAtUp, 50, 'all 50 released as the peer came up')
   t.equal(backend.hits, 50)
@@ -43,10 +38,7 @@ t.test('held requests go out in arrival order the moment a peer is up; one deman
 })
 
 t.test('maxHeld overflow and holdTimeout answer 503 with Retry-After', async t => {
-  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { maxHeld: 2, holdTimeout: 150, retryAfter: 3 })
-  await listening(app)
-  t.teardown(() => app.close())
-  app.upstreams.get('b').startOnDemand()
+  const { app } = await onDemandGateway(t, [{ address: '127.0.0.1:1', down: true }], { maxHeld: 2, holdTimeout: 150, retryAfter: 3 })
   const started = Date.now()
   const [a, b, c] = await Promise.all([app.inject('/'), app.inject('/'), app.inject('/')])
   const waited = Date.now() - started
@@ -73,14 +65,9 @@ function failStart (app: Awaited<ReturnType<typeof gateway>>, index: number, bac
 
 for (const exposeErrors of [false, true]) {
   t.test(`a failed start with no other candidate answers 502 with the code and the upstream${exposeErrors ? ', and the reason when errors are exposed' : ''}`, async t => {
-    const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { exposeErrors })
-    await listening(app)
-    t.teardown(() => app.close())
-    const upstream = app.upstreams.get('b')
-    upstream.startOnDemand()
-    let demands = 0
+    const { app, upstream, demands } = await onDemandGateway(t, [{ address: '127.0.0.1:1', down: true }], { exposeErrors })
     app.upstreams.on('demand', () => {
-      if (demands++ > 0) return
+      if (demands() > 1) return
       upstream.peers[0].setProcess('starting')
       setTimeout(() => failStart(app, 0, 60_000), 20)
     })
@@ -92,17 +79,13 @@ for (const exposeErrors of [false, true]) {
       error: 'Bad Gateway',
       message: exposeErrors ? 'Could not start a peer of upstream "b": SPAWN_ERROR: b0' : 'Upstream "b" could not serve the request (the reason is in the gateway\'s log)'
     })
-    t.equal(demands, 1, 'nothing else to start: no second demand')
+    t.equal(demands(), 1, 'nothing else to start: no second demand')
   })
 }
 
 t.test('held requests stay held while the next candidate is started after a failed start', async t => {
   const backend = await backendFor(t)
-  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }, { address: backend.address, down: true }] } })
-  await listening(app)
-  t.teardown(() => app.close())
-  const upstream = app.upstreams.get('b')
-  upstream.startOnDemand()
+  const { app, upstream } = await onDemandGateway(t, [{ address: '127.0.0.1:1', down: true }, { address: backend.address, down: true }])
   const asked: number[] = []
   app.upstreams.on('demand', () => {
     const peer = upstream.startCandidate()
@@ -118,13 +101,7 @@ t.test('held requests stay held while the next candidate is started after a fail
 })
 
 t.test('every startable peer in back-off: 503 at once, Retry-After the time to the next try, counted as refused', async t => {
-  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }, { address: '127.0.0.1:2', down: true }] } }, { retryAfter: 5 })
-  await listening(app)
-  t.teardown(() => app.close())
-  const upstream = app.upstreams.get('b')
-  upstream.startOnDemand()
-  let demands = 0
-  app.upstreams.on('demand', () => demands++)
+  const { app, upstream, demands } = await onDemandGateway(t, [{ address: '127.0.0.1:1', down: true }, { address: '127.0.0.1:2', down: true }], { retryAfter: 5 })
   upstream.peers[0].setBackoff({ step: 1, until: Date.now() + 2500, reason: 'x', cause: 'program' })
   upstream.peers[1].setBackoff({ step: 3, until: Date.now() + 8000, reason: 'x', cause: 'program' })
   const res = await app.inject('/')
@@ -132,21 +109,18 @@ t.test('every startable peer in back-off: 503 at once, Retry-After the time to t
   t.equal(res.json().code, 'FST_SUPERVISORD_START_BACKOFF')
   t.equal(res.headers['retry-after'], '3', 'the earliest back-off end, in seconds rounded up')
   await app.inject('/')
-  t.equal(demands, 0, 'nothing was asked for')
+  t.equal(demands(), 0, 'nothing was asked for')
   t.equal(upstream.takeRefused(), 2)
   upstream.peers[0].setBackoff(null)
   app.upstreams.on('demand', () => upstream.peers[0].setProcess('starting'))
   const held = app.inject('/')
-  t.ok(await until(() => demands === 1), 'out of back-off: held and asked for')
+  t.ok(await until(() => demands() === 1), 'out of back-off: held and asked for')
   failStart(app, 0, 60_000)
   t.equal((await held).statusCode, 502, 'that start failed too, and the other peer is still backing off: every candidate failed')
 })
 
 t.test('no peer that could be started (drained, maint): 503 at once, not held', async t => {
-  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }, { address: '127.0.0.1:2', down: true }] } }, { holdTimeout: 10_000 })
-  t.teardown(() => app.close())
-  const upstream = app.upstreams.get('b')
-  upstream.startOnDemand()
+  const { app } = await onDemandGateway(t, [{ address: '127.0.0.1:1', down: true }, { address: '127.0.0.1:2', down: true }], { holdTimeout: 10_000 })
   app.upstreams.setAdmin('b', 0, 'drain')
   app.upstreams.setAdmin('b', 1, 'maint')
   const res = await app.inject('/')
@@ -157,23 +131,17 @@ t.test('no peer that could be started (drained, maint): 503 at once, not held', 
 
 t.test('a client that disconnects while held leaves the queue', async t => {
   const backend = await backendFor(t)
-  const app = await gateway({ b: { servers: [{ address: backend.address, down: true }] } }, { maxHeld: 1 })
-  const base = await listening(app)
-  t.teardown(() => app.close())
+  const { upstream, base, demands } = await onDemandGateway(t, [{ address: backend.address, down: true }], { maxHeld: 1 })
   const dispatcher = clientFor(t)
-  const upstream = app.upstreams.get('b')
-  upstream.startOnDemand()
   // The first request held asks for a start: a demand says the queue went from empty to one.
-  let demands = 0
-  app.upstreams.on('demand', () => demands++)
   const controller = new AbortController()
   const gone = request(base, { dispatcher, signal: controller.signal }).catch(() => 'aborted')
-  t.ok(await until(() => demands === 1, 2000), 'the first request is held')
+  t.ok(await until(() => demands() === 1, 2000), 'the first request is held')
   controller.abort()
   t.equal(await gone, 'aborted')
   // the single hold slot is free again: a new request is held (a new demand), not refused
   const next = request(base, { dispatcher })
-  t.ok(await until(() => demands === 2, 2000), 'the next request is held in the freed slot')
+  t.ok(await until(() => demands() === 2, 2000), 'the next request is held in the freed slot')
   upstream.peers[0].setProcess('up')
   const res = await next
   t.equal(res.statusCode, 200)
@@ -193,13 +161,9 @@ t.test('without a starter, no routable peer is an immediate 503 (no hold)', asyn
 })
 
 t.test('closing the server answers held requests', async t => {
-  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { holdTimeout: 60_000 })
-  await listening(app)
-  app.upstreams.get('b').startOnDemand()
-  let demands = 0
-  app.upstreams.on('demand', () => demands++)
+  const { app, demands } = await onDemandGateway(t, [{ address: '127.0.0.1:1', down: true }], { holdTimeout: 60_000 })
   const held = app.inject('/')
-  t.ok(await until(() => demands === 1, 2000), 'the request is held')
+  t.ok(await until(() => demands() === 1, 2000), 'the request is held')
   const closing = Date.now()
   await app.close()
   const res = await held
@@ -211,13 +175,10 @@ t.test('closing the server answers held requests', async t => {
 
 t.test('each held request times out at its own deadline; the later one still goes out', async t => {
   const backend = await backendFor(t)
-  const app = await gateway({ b: { servers: [{ address: backend.address, down: true }] } }, { holdTimeout: 300 })
-  await listening(app)
-  t.teardown(() => app.close())
-  const upstream = app.upstreams.get('b')
-  upstream.startOnDemand()
+  const { app, upstream } = await onDemandGateway(t, [{ address: backend.address, down: true }], { holdTimeout: 300 })
   const first = app.inject('/first')
-  await new Promise(resolve => setTimeout(resolve, 150))
+  // Half the hold timeout later: the two deadlines are apart.
+  await sleep(150)
   const second = app.inject('/second')
   const expired = await first
   t.equal(expired.statusCode, 503)
@@ -228,17 +189,12 @@ t.test('each held request times out at its own deadline; the later one still goe
 })
 
 t.test('a starter that fails at once, inside the demand, is not asked again from within it', async t => {
-  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { holdTimeout: 200 })
-  await listening(app)
-  t.teardown(() => app.close())
-  app.upstreams.get('b').startOnDemand()
-  let demands = 0
+  const { app, demands } = await onDemandGateway(t, [{ address: '127.0.0.1:1', down: true }], { holdTimeout: 200 })
   app.upstreams.on('demand', () => {
-    demands++
     // No back-off set: the peer stays a candidate.
     app.upstreams.emit('command', { upstream: 'b', index: 0, command: 'start', ok: false, fault: 'SPAWN_ERROR', reason: 'x', at: Date.now() })
   })
   const res = await app.inject('/')
   t.equal(res.json().code, 'FST_SUPERVISORD_HOLD_TIMEOUT', 'held until holdTimeout, as nothing said the start cannot be tried again')
-  t.equal(demands, 1, 'one demand, not one per failure told within it')
+  t.equal(demands(), 1, 'one demand, not one per failure told within it')
 })

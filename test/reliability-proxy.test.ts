@@ -244,7 +244,8 @@ t.test('slowloris clients hold no peer: slow heads and slow small bodies never r
     ...Array.from({ length: 10 }, async () => await rawExchange(port, [...slowHead], { gapMs: 50, ms: 2500 })),
     ...Array.from({ length: 10 }, async () => await rawExchange(port, slowBody, { gapMs: 50, ms: 2500 }))
   ]
-  await sleep(300)
+  const open = async (): Promise<number> => await new Promise(resolve => app.server.getConnections((_error, count) => resolve(count)))
+  t.ok(await until(async () => await open() >= 20), 'the twenty slow clients are connected')
   const statuses: number[] = []
   for (let i = 0; i < 40; i++) statuses.push((await request(base)).statusCode)
   t.same(statuses, Array(40).fill(200), 'ordinary requests answered while the slow ones dribble')
@@ -463,6 +464,7 @@ t.test('a hung backend process (SIGSTOP) stalls only the requests on it, until t
 
   const latencies: number[] = []
   const failures: number[] = []
+  let served = 0
   let stopped = 0
   const clients = Array.from({ length: 20 }, async () => {
     for (let i = 0; i < 40; i++) {
@@ -470,10 +472,11 @@ t.test('a hung backend process (SIGSTOP) stalls only the requests on it, until t
       const res = await request(`${base}/?ms=20`, { dispatcher })
       await res.body.dump()
       if (res.statusCode !== 200) failures.push(res.statusCode)
+      served++
       if (stopped !== 0 && started >= stopped - 50) latencies.push(Date.now() - started)
     }
   })
-  await sleep(300)
+  t.ok(await until(() => served >= 40), 'the clients are under way')
   stopped = Date.now()
   children[1].child.kill('SIGSTOP')
   await Promise.all(clients)

@@ -4,6 +4,7 @@ import type { Test } from 'tap'
 import { Agent, request } from 'undici'
 import registry, { type RegistryOptions } from '../../plugins/registry.js'
 import proxy, { type ProxyOptions } from '../../plugins/proxy.js'
+import type { ServerOptions, Upstream } from '../../lib/upstream.js'
 
 /** Fastify logger options that keep each log line, parsed, in `lines`. */
 export function loggerInto<T = Record<string, unknown>> (lines: T[], level = 'info'): { level: string, stream: { write: (line: string) => void } } {
@@ -81,4 +82,29 @@ export async function loadFor (base: string, dispatcher: Agent, clients: number,
     }
   }))
   return result
+}
+
+export interface OnDemandGateway {
+  app: FastifyInstance
+  /** Upstream `b`, whose peers the test starts: it calls `startOnDemand()` and answers `demand` events. */
+  upstream: Upstream
+  base: string
+  /** `demand` events so far. */
+  demands: () => number
+}
+
+/**
+ * A gateway over upstream `b` whose peers start on demand, with the test as
+ * the starter; listening, as in production (the hold timers are unref()ed:
+ * the server is what keeps the process alive); closed in the teardown.
+ */
+export async function onDemandGateway (t: Test, servers: Array<string | ServerOptions>, proxyOptions: Partial<ProxyOptions> = {}): Promise<OnDemandGateway> {
+  const app = await gateway({ b: { servers } }, proxyOptions)
+  const base = await listening(app)
+  t.teardown(() => app.close())
+  const upstream = app.upstreams.get('b')
+  upstream.startOnDemand()
+  let demands = 0
+  app.upstreams.on('demand', () => demands++)
+  return { app, upstream, base, demands: () => demands }
 }
