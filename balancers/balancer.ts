@@ -28,6 +28,7 @@ export interface Balancer {
   inflightChanged? (peer: Peer): void
 }
 
+/** A peer a pick may return: routable, below its `maxConns`, and not already tried by the request. */
 export function usable (peer: Peer, exclude: readonly Peer[] | undefined): boolean {
-  return peer.routable && (exclude === undefined || !exclude.includes(peer))
+  return peer.routable && !peer.full && (exclude === undefined || !exclude.includes(peer))
 }

@@ -3,7 +3,7 @@ import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import registry from '../plugins/registry.js'
 import metrics from '../plugins/metrics.js'
 import { ProxyObserver } from '../lib/proxy-observer.js'
-import { kExchange } from '../lib/balanced-proxy.js'
+import { Attempt, kExchange } from '../lib/proxy-attempt.js'
 import type { Peer } from '../lib/peer.js'
 
 const ANSWERS = 500_000
@@ -28,8 +28,11 @@ export async function run (): Promise<void> {
     await app.ready()
     const upstream = app.upstreams.get('backend')
     const observer = new ProxyObserver(app, upstream)
+    // An answered attempt as the observer reads it (its fields only: nothing is sent).
+    const answered = (peer: Peer): Attempt => Object.assign(Object.create(Attempt.prototype) as Attempt, { answered: true, abandoned: null, startedAt: performance.now(), peer })
     const exchanges = upstream.peers.slice(0, 16).map((peer: Peer, i) => ({
-      attempt: { answered: true, abandoned: null, startedAt: performance.now(), peer },
+      site: { upstream },
+      attempt: answered(peer),
       tried: i === 0 ? [upstream.peers[n - 1]] : null
     }))
     const requests = exchanges.map(exchange => ({ [kExchange]: exchange }) as unknown as FastifyRequest)

@@ -24,6 +24,12 @@ export const PeerOutOfRangeError = createError(
 
 export const NoPeerError = createError(
   'FST_SUPERVISORD_NO_PEER', 'No routable peer in upstream "%s"', 503)
+/** A proxy with `hosts` and no default upstream got a Host that none of its server names matches. */
+export const UnknownHostError = createError(
+  'FST_SUPERVISORD_UNKNOWN_HOST', 'No upstream serves this host', 404, Error, false)
+/** reply.from() was called in a balancing proxy's context without the options the proxy gave (they carry the balancing). */
+export const UnbalancedFromError = createError(
+  'FST_SUPERVISORD_UNBALANCED_FROM', 'reply.from() in a balancing proxy must be given the options of the handler (or of reply.fromParameters())', 500)
 
 // What the proxy answers when an attempt failed. The message names the
 // upstream only; the last `%s` is empty unless `exposeErrors` adds the peer
@@ -55,7 +61,7 @@ export const MalformedResponseError = createError(
 export const HoldOverflowError = createError(
   'FST_SUPERVISORD_HOLD_OVERFLOW', 'Too many requests held for upstream "%s" (maxHeld %d)', 503)
 export const HoldTimeoutError = createError(
-  'FST_SUPERVISORD_HOLD_TIMEOUT', 'No peer of upstream "%s" became routable within %d ms', 503)
+  'FST_SUPERVISORD_HOLD_TIMEOUT', 'No peer of upstream "%s" could take the request within %d ms', 503)
 /** Every peer that could be started failed its start (the last reason; clients see it only with `exposeErrors`). */
 export const StartFailedError = createError(
   'FST_SUPERVISORD_START_FAILED', 'Could not start a peer of upstream "%s": %s', 502, Error, false)

@@ -1,6 +1,6 @@
 // Whose fault a failed attempt is, decided here once for every path of the
-// proxy (errors before the answer, errors in the body, fail statuses,
-// rescues), and whether the request may go to another peer after it.
+// proxy (errors before the answer, errors in the body, `nextUpstream`
+// statuses, rescues), and whether the request may go to another peer after it.
 
 /** Who a failure is charged to: only `peer` failures count against a peer (passive failures). */
 export type Party = 'peer' | 'client' | 'nobody'
@@ -12,7 +12,7 @@ export type FaultKind =
   | 'timeout'
   /** Malformed, truncated or over-long response, a flood of interim responses. */
   | 'response'
-  /** A status listed in `failStatuses`: the response itself is passed on. */
+  /** A status listed in `nextUpstream` (http_502, ...): retried when it may be, else passed on. */
   | 'status'
   /** The client's request cannot be sent as it is (a refused header, a broken body). */
   | 'request'
@@ -56,7 +56,8 @@ const BAD_RESPONSE_MESSAGES = new Set(['bad response', 'bad upgrade'])
 
 /**
  * The fault of one failed attempt: an error (any stage) or a status listed in
- * `failStatuses`.
+ * `nextUpstream`. http_403 and http_404 are never the peer's fault (nginx
+ * passes such requests on but never counts them against the server).
  */
 export function faultOf (failure: Error | number, facts: AttemptFacts): Fault {
   const fault = classify(failure, facts)
@@ -65,7 +66,7 @@ export function faultOf (failure: Error | number, facts: AttemptFacts): Fault {
 }
 
 function classify (failure: Error | number, facts: AttemptFacts): Fault {
-  if (typeof failure === 'number') return { party: 'peer', kind: 'status', reason: `status ${failure}` }
+  if (typeof failure === 'number') return { party: failure === 403 || failure === 404 ? 'nobody' : 'peer', kind: 'status', reason: `status ${failure}` }
   const code = (failure as Error & { code?: unknown }).code
   const name = typeof code === 'string' ? code : failure.name
   const reason = `${name}: ${failure.message}`
@@ -83,6 +84,44 @@ function classify (failure: Error | number, facts: AttemptFacts): Fault {
   return { party: 'peer', kind: 'connect', reason }
 }
 
+/** nginx's proxy_next_upstream words, as the proxy's `nextUpstream` option takes them. */
+export const NEXT_UPSTREAM_WORDS = ['error', 'timeout', 'invalid_header', 'http_500', 'http_502', 'http_503', 'http_504',
+  'http_403', 'http_404', 'http_429', 'non_idempotent', 'off'] as const
+export type NextUpstreamWord = typeof NEXT_UPSTREAM_WORDS[number]
+
+/** When a failed attempt may go to the next peer: proxy_next_upstream, read. */
+export interface NextUpstream {
+  /** `error`: the connection failed, or dropped before the response headers. */
+  error: boolean
+  /** `timeout`: a connect, headers or body timeout. */
+  timeout: boolean
+  /** `invalid_header`: a malformed, truncated or empty response. */
+  invalidHeader: boolean
+  /** `http_NNN`: these statuses go to the next peer (and, but for 403 and 404, count as the peer's failures). */
+  statuses: ReadonlySet<number>
+  /** `non_idempotent`: a POST, PATCH... may go on after it was sent. */
+  nonIdempotent: boolean
+  /** `off`: no request ever goes to another peer. */
+  off: boolean
+}
+
+/** nginx's default (`error timeout`) and `invalid_header`: a malformed answer is never one to pass on. */
+export const DEFAULT_NEXT_UPSTREAM: readonly NextUpstreamWord[] = ['error', 'timeout', 'invalid_header']
+
+/** A list of nginx's words into the rules (the words are checked by the caller). */
+export function nextUpstreamOf (words: readonly NextUpstreamWord[]): NextUpstream {
+  const statuses = new Set<number>()
+  for (const word of words) if (word.startsWith('http_')) statuses.add(Number(word.slice(5)))
+  return {
+    error: words.includes('error'),
+    timeout: words.includes('timeout'),
+    invalidHeader: words.includes('invalid_header'),
+    statuses,
+    nonIdempotent: words.includes('non_idempotent'),
+    off: words.includes('off')
+  }
+}
+
 export interface RetryFacts {
   sent: boolean
   method: string
@@ -92,15 +131,30 @@ export interface RetryFacts {
   bodyIntact: boolean
 }
 
+/** Whether `nextUpstream` lets a failure of this kind go on at all (the other conditions aside). */
+function allowedBy (fault: Fault, next: NextUpstream): boolean {
+  if (next.off) return false
+  switch (fault.kind) {
+    case 'connect': return next.error
+    case 'timeout': return next.timeout
+    case 'response': return next.invalidHeader
+    // A status becomes a fault only when it is listed.
+    case 'status': return true
+    // The peer was taken out of rotation while the request waited on it.
+    case 'rescue': return true
+    default: return false
+  }
+}
+
 /**
- * Whether a failed attempt may go to another peer, as nginx decides: a
- * request that never reached the peer, whatever its method, while its body
- * can still be sent; after a send, only an idempotent method whose body was
- * kept. Never the client's fault, never during shutdown, and never a fail
- * status (its response is passed on).
+ * Whether a failed attempt may go to another peer, as nginx decides: the
+ * failure is one `nextUpstream` names; and the request never reached the
+ * peer, whatever its method, while its body can still be sent; or, after a
+ * send, its method is idempotent (or `non_idempotent` is given) and its body
+ * was kept. Never the client's fault, never during shutdown.
  */
-export function mayRetry (fault: Fault, facts: RetryFacts): boolean {
-  if (fault.party === 'client' || fault.kind === 'closing' || fault.kind === 'status') return false
+export function mayRetry (fault: Fault, facts: RetryFacts, next: NextUpstream): boolean {
+  if (fault.party === 'client' || fault.kind === 'closing' || !allowedBy(fault, next)) return false
   if (!facts.sent) return facts.bodyIntact
-  return IDEMPOTENT.has(facts.method) && facts.bodyKept
+  return (next.nonIdempotent || IDEMPOTENT.has(facts.method)) && facts.bodyKept
 }

@@ -20,7 +20,9 @@ export interface HoldOptions {
 }
 
 /**
- * Requests waiting for a cold start. A request is held only while a peer can
+ * Requests waiting for a peer: for a cold start, or (HAProxy's maxqueue) for
+ * a slot while every routable peer is at its `maxConns` (released as slots
+ * free). For a cold start, a request is held only while a peer can
  * still become routable (one is starting, can be started, or runs and may
  * recover); otherwise it is refused at once: 503 with Retry-After when every
  * startable peer is in start back-off, 503 when none can be started at all.
@@ -138,7 +140,7 @@ export class HoldQueue {
     }
   }
 
-  #release (): void {
+  readonly #release = (): void => {
     let next: Held | undefined
     const now = Date.now()
     let first = true
@@ -192,6 +194,7 @@ export class HoldQueue {
     this.#listening = true
     this.#registry.on('change', this.#onChange)
     this.#registry.on('command', this.#onCommand)
+    this.#upstream.onSlotFree(this.#release)
   }
 
   #idle (): void {
@@ -201,6 +204,7 @@ export class HoldQueue {
     this.#listening = false
     this.#registry.off('change', this.#onChange)
     this.#registry.off('command', this.#onCommand)
+    this.#upstream.onSlotFree(this.#release, false)
   }
 }
 

@@ -75,6 +75,8 @@ export interface PeerOwner {
   readonly startsOnDemand: boolean
   peerChanged (change: PeerChange): void
   inflightChanged (peer: Peer): void
+  /** A peer that was at its maxConns gave a slot back. */
+  slotFreed? (peer: Peer): void
 }
 
 export interface PeerConfig {
@@ -88,6 +90,8 @@ export interface PeerConfig {
   down: boolean
   maxFails: number
   failTimeout: number
+  /** Requests (and WebSocket sessions) at once; 0: no limit. */
+  maxConns: number
 }
 
 /**
@@ -108,6 +112,8 @@ export class Peer {
   readonly configuredDown: boolean
   readonly maxFails: number
   readonly failTimeout: number
+  /** nginx's max_conns, HAProxy's maxconn: in-flight requests at most (0: no limit). */
+  readonly maxConns: number
 
   #owner: PeerOwner
   #weight: number
@@ -159,6 +165,7 @@ export class Peer {
     this.configuredDown = config.down
     this.maxFails = config.maxFails
     this.failTimeout = config.failTimeout
+    this.maxConns = config.maxConns
     this.#process = config.down ? 'down' : 'up'
   }
 
@@ -174,6 +181,8 @@ export class Peer {
   get passive (): PassiveState { return this.#passive }
   /** Requests sent to it and not ended yet. */
   get inflight (): number { return this.#inflight }
+  /** At its `maxConns`: balancers pass it by until a request ends. */
+  get full (): boolean { return this.maxConns > 0 && this.#inflight >= this.maxConns }
   /** Requests sent to it since start. */
   get requests (): number { return this.#requests }
   /** Passive failures counted since start. */
@@ -318,6 +327,7 @@ export class Peer {
   release (): void {
     this.#inflight--
     this.#owner.inflightChanged(this)
+    if (this.#inflight === this.maxConns - 1) this.#owner.slotFreed?.(this)
     if (this.#inflight === 0 && this.#idleWaiters.length > 0) {
       const waiters = this.#idleWaiters
       this.#idleWaiters = []

@@ -31,6 +31,14 @@ export class RequestBody {
     this.#source = source
   }
 
+  /** A body that is already whole in memory (Fastify parsed it, and reply-from serialized it again). */
+  static whole (bytes: Buffer): RequestBody {
+    const body = new RequestBody(Readable.from([]))
+    body.#ended = true
+    body.#whole = bytes
+    return body
+  }
+
   /** Reads up to `keep` bytes of `source` (nothing when the declared length is already larger). */
   static async read (source: Readable, keep: number, declaredLength: number): Promise<RequestBody> {
     const body = new RequestBody(source)
@@ -51,12 +59,17 @@ export class RequestBody {
     return this.#whole !== null || !this.#touched
   }
 
-  /** What one attempt sends: the kept bytes, or a stream of the prefix followed by the rest from the client. */
-  forAttempt (): Buffer | Readable {
+  /**
+   * What one attempt sends: the kept bytes, or a stream of the prefix
+   * followed by the rest from the client; `progress` is told each time the
+   * peer takes more of it.
+   */
+  forAttempt (progress?: () => void): Buffer | Readable {
     if (this.#whole !== null) return this.#whole
     let next = 0
     const stream: Readable = new Readable({
       read: () => {
+        progress?.()
         if (next < this.#prefix.length) {
           stream.push(this.#prefix[next++])
           return

@@ -1,6 +1,4 @@
 import type { IncomingHttpHeaders } from 'node:http'
-import type { FastifyReply } from 'fastify'
-import type { FastifyReplyFromHooks } from '@fastify/reply-from'
 import type { Dispatcher } from 'undici'
 import type { Peer, PeerChange } from './peer.js'
 import type { Registry } from './registry.js'
@@ -10,11 +8,11 @@ import type { FailureLog } from './failure-log.js'
 import { Attempt, type AttemptOwner, type Exchange, type ForwardCallback, type ForwardedRequest } from './proxy-attempt.js'
 import { faultOf, mayRetry, type Fault } from './fault.js'
 import { errorFor } from './proxy-errors.js'
-import { requestHeadersForPeer, responseHeadersForClient } from './proxy-headers.js'
+import { responseHeadersForClient } from './proxy-headers.js'
 import { PeerTakenOutError } from './errors.js'
 
 /** A peer being stopped on purpose: what it drops is nobody's fault. */
-function leaving (peer: Peer): boolean {
+export function leaving (peer: Peer): boolean {
   return peer.process === 'stopping' || peer.process === 'down'
 }
 
@@ -30,12 +28,15 @@ function takesOut (change: PeerChange): boolean {
     (change.field === 'process' && change.to === 'down')
 }
 
+/** Why an answered attempt was dropped for the next peer. */
+const RETRIED = new PeerTakenOutError('its answer was a nextUpstream status')
+
 /**
- * The dispatcher reply-from sends through (its `undici` option takes any
- * object with a `request` method). Each request it is handed goes to the
- * peer the request was given; a failed attempt is charged by `faultOf` and,
- * when `mayRetry` allows, sent to the next peer from here, so reply-from sees
- * one request and one answer. Attempts waiting for an answer are listed per
+ * Sends the attempts of one upstream's exchanges on the agent. A failed
+ * attempt is charged by `faultOf` and, when `mayRetry` allows, sent to the
+ * next peer from here, so reply-from sees one request and one answer; so is
+ * an answer whose status `nextUpstream` lists (the client gets the last
+ * answer, never a retried one). Attempts waiting for an answer are listed per
  * peer, so that when a peer is taken out of rotation the ones that may be
  * sent again go to another peer at once.
  */
@@ -47,8 +48,6 @@ export class ProxyDispatcher implements AttemptOwner {
   readonly #log: FailureLog
   /** Per peer index: attempts sent and not answered yet. */
   readonly #waiting: Array<Set<Attempt>>
-  /** The exchange whose reply.from() call is under way (see forward()). */
-  #handoff: Exchange | null = null
   /** Holds an exchange that no peer is left for, while a peer is started (see failed()). */
   readonly #hold: ((exchange: Exchange) => void) | undefined
 
@@ -63,54 +62,27 @@ export class ProxyDispatcher implements AttemptOwner {
     registry.on('change', this.#onChange)
   }
 
-  /**
-   * Sends an exchange through reply-from, which builds the upstream request
-   * (URL, headers) and calls request() below before from() returns: the
-   * exchange is handed over across that synchronous call.
-   */
-  forward (exchange: Exchange, reply: FastifyReply, dest: string, options: FastifyReplyFromHooks): void {
-    this.#handoff = exchange
-    try {
-      reply.from(dest, options)
-    } finally {
-      this.#handoff = null
-    }
-  }
-
-  /** reply-from's call, from within forward(): reply.from() is called nowhere else in the proxy's context. */
-  request (forwarded: ForwardedRequest, callback: ForwardCallback): void {
-    const exchange = this.#handoff as Exchange
-    this.#handoff = null
-    requestHeadersForPeer(forwarded.headers)
-    exchange.forwarded = forwarded
-    exchange.callback = callback
-    this.#send(exchange, exchange.peer as Peer)
-  }
-
   close (): void {
     this.#registry.off('change', this.#onChange)
   }
 
-  /** A held exchange got a peer (acquired by the hold queue): sent on as a new attempt. */
-  resume (exchange: Exchange, peer: Peer): void {
-    exchange.assign(peer)
-    this.#send(exchange, peer)
-  }
-
-  #send (exchange: Exchange, peer: Peer): void {
+  /** Sends the exchange (its `forwarded` request and `callback` set) to `peer`, acquired for it. */
+  send (exchange: Exchange, peer: Peer): void {
     const forwarded = exchange.forwarded as ForwardedRequest
-    const attempt = new Attempt(this, exchange, peer)
+    const attempt = new Attempt(this, exchange, peer, this.#settings)
     exchange.attempt = attempt
+    if (exchange.startedAt === 0) exchange.startedAt = Date.now()
     this.#waiting[peer.index].add(attempt)
-    forwarded.headers.host = peer.address
+    if (exchange.hostIsPeer) forwarded.headers.host = peer.address
     this.#agent.dispatch({
       origin: peer.origin,
       path: forwarded.path,
       method: forwarded.method as Dispatcher.HttpMethod,
       headers: forwarded.headers as Record<string, string | string[]>,
-      body: exchange.body?.forAttempt(),
-      headersTimeout: forwarded.headersTimeout,
-      bodyTimeout: forwarded.bodyTimeout
+      body: exchange.body?.forAttempt(attempt.progress),
+      // The attempt keeps its own timers (undici's tick once a second).
+      headersTimeout: 0,
+      bodyTimeout: 0
     }, attempt)
   }
 
@@ -121,8 +93,16 @@ export class ProxyDispatcher implements AttemptOwner {
   answered (attempt: Attempt, statusCode: number, headers: IncomingHttpHeaders): void {
     const { exchange, peer } = attempt
     this.forget(attempt)
-    if (this.#settings.failStatuses.has(statusCode)) {
-      this.#charge(peer, faultOf(statusCode, { sent: true, answered: true, clientBodyFailed: false, peerLeaving: leaving(peer) }))
+    if (this.#settings.nextUpstream.statuses.has(statusCode)) {
+      const fault = faultOf(statusCode, { sent: true, answered: true, clientBodyFailed: false, peerLeaving: leaving(peer) })
+      this.#charge(peer, fault)
+      const next = this.nextPeer(exchange, peer, fault, true)
+      if (next !== undefined) {
+        attempt.abandon(RETRIED)
+        attempt.response?.destroy()
+        this.#moveOn(exchange, peer, next)
+        return
+      }
     } else {
       peer.recordSuccess()
     }
@@ -149,13 +129,12 @@ export class ProxyDispatcher implements AttemptOwner {
       attempt.response?.destroy(errorFor(fault, this.#upstream.name, peer, this.#settings.exposeErrors))
       return
     }
-    exchange.release()
-    const next = this.#nextPeer(exchange, peer, fault, attempt.sent)
-    ;(exchange.tried ??= []).push(peer)
+    const next = this.nextPeer(exchange, peer, fault, attempt.sent)
     if (next !== undefined) {
-      this.#moveTo(exchange, next)
+      this.#moveOn(exchange, peer, next)
       return
     }
+    exchange.release()
     if (this.#mayHold(exchange, fault, attempt.sent)) {
       (this.#hold as (exchange: Exchange) => void)(exchange)
       return
@@ -163,20 +142,22 @@ export class ProxyDispatcher implements AttemptOwner {
     // reply-from's continuation is dropped: it would log every failure with
     // its stack at warn; the failure was charged and logged once above.
     exchange.callback = null
-    if (!exchange.clientGone) exchange.reply.send(errorFor(fault, this.#upstream.name, peer, this.#settings.exposeErrors))
+    if (!exchange.clientGone && !exchange.reply.sent) exchange.reply.send(errorFor(fault, this.#upstream.name, peer, this.#settings.exposeErrors))
   }
 
-  /** The peer to send the exchange to after `peer` failed for `fault`, if it may go anywhere. */
-  #nextPeer (exchange: Exchange, peer: Peer, fault: Fault, sent: boolean): Peer | undefined {
+  /** The peer to send the exchange to after `peer` failed for `fault`, if it may go anywhere (nextUpstream, tries, timeout). */
+  nextPeer (exchange: Exchange, peer: Peer, fault: Fault, sent: boolean): Peer | undefined {
     const tried = exchange.tried === null ? [peer] : [...exchange.tried, peer]
     if (tried.length >= this.#settings.tries || !this.#retryable(exchange, fault, sent)) return undefined
     return this.#upstream.pick(exchange.request, tried)
   }
 
   #retryable (exchange: Exchange, fault: Fault, sent: boolean): boolean {
+    const settings = this.#settings
     if (exchange.clientGone || exchange.reply.sent) return false
+    if (settings.nextUpstreamTimeout > 0 && Date.now() - exchange.startedAt >= settings.nextUpstreamTimeout) return false
     const body = exchange.body
-    return mayRetry(fault, { sent, method: exchange.request.method, bodyKept: body === null || body.kept, bodyIntact: body === null || body.intact })
+    return mayRetry(fault, { sent, method: exchange.request.method, bodyKept: body === null || body.kept, bodyIntact: body === null || body.intact }, settings.nextUpstream)
   }
 
   /**
@@ -190,10 +171,17 @@ export class ProxyDispatcher implements AttemptOwner {
       this.#upstream.startsOnDemand && !this.#upstream.routable && this.#retryable(exchange, fault, sent)
   }
 
-  #moveTo (exchange: Exchange, next: Peer): void {
+  /** The exchange leaves `from` (its slot given back, the peer counted as tried) for `next`, acquired. */
+  moveTo (exchange: Exchange, from: Peer, next: Peer): void {
+    exchange.release()
+    ;(exchange.tried ??= []).push(from)
     next.acquire()
     exchange.assign(next)
-    this.#send(exchange, next)
+  }
+
+  #moveOn (exchange: Exchange, from: Peer, next: Peer): void {
+    this.moveTo(exchange, from, next)
+    this.send(exchange, next)
   }
 
   #charge (peer: Peer, fault: Fault): void {
@@ -201,6 +189,11 @@ export class ProxyDispatcher implements AttemptOwner {
     peer.recordFailure(fault.reason, Date.now(), fault.kind)
     this.#log.write('warn', `${peer.index} ${fault.reason}`,
       { upstream: this.#upstream.name, peer: peer.address, kind: fault.kind, reason: fault.reason }, 'proxy: peer failed')
+  }
+
+  /** Charges a failure seen outside an attempt (a WebSocket handshake or session), logged as the attempts' are. */
+  charge (peer: Peer, fault: Fault): void {
+    this.#charge(peer, fault)
   }
 
   readonly #onChange = (change: PeerChange): void => {
@@ -214,11 +207,9 @@ export class ProxyDispatcher implements AttemptOwner {
   /** A waiting attempt on a peer taken out: sent to another peer at once, if it may be sent again. */
   #rescue (attempt: Attempt, fault: Fault): void {
     const { exchange, peer } = attempt
-    const next = this.#nextPeer(exchange, peer, fault, attempt.sent)
+    const next = this.nextPeer(exchange, peer, fault, attempt.sent)
     if (next === undefined) return
     attempt.abandon(new PeerTakenOutError(fault.reason))
-    exchange.release()
-    ;(exchange.tried ??= []).push(peer)
-    this.#moveTo(exchange, next)
+    this.#moveOn(exchange, peer, next)
   }
 }

@@ -35,3 +35,30 @@ export function requestHeadersForPeer (headers: HeaderFields): void {
 export function responseHeadersForClient (headers: HeaderFields): void {
   dropHopByHop(headers)
 }
+
+/** What of the client's request the forwarded headers tell (Fastify's view: `trustProxy` decides whose X-Forwarded-* is believed). */
+export interface ForwardedFrom {
+  /** The address of the connection's other end (nginx's $remote_addr). */
+  remoteAddress: string | undefined
+  /** `http` or `https` (nginx's $scheme). */
+  protocol: string
+  /** The host the client asked for, without its port (nginx's $host). */
+  hostname: string
+  /** The port the client asked for, when it named one. */
+  port: number | null
+}
+
+/**
+ * nginx's usual forwarded set: `X-Forwarded-For $proxy_add_x_forwarded_for`
+ * (the client's list with this hop's client appended), `-Proto $scheme`,
+ * `-Host $host` and `-Port` (the port the client asked for).
+ */
+export function addForwarded (headers: HeaderFields, from: ForwardedFrom): void {
+  const chain = headers['x-forwarded-for']
+  const client = from.remoteAddress ?? ''
+  const before = Array.isArray(chain) ? chain.join(', ') : chain === undefined || chain === '' ? '' : String(chain)
+  headers['x-forwarded-for'] = before === '' ? client : `${before}, ${client}`
+  headers['x-forwarded-proto'] = from.protocol
+  headers['x-forwarded-host'] = from.hostname
+  headers['x-forwarded-port'] = String(from.port ?? (from.protocol === 'https' ? 443 : 80))
+}

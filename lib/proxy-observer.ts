@@ -1,11 +1,11 @@
 import { STATUS_CODES } from 'node:http'
 import type { FastifyBaseLogger, FastifyError, FastifyInstance, FastifyReply, FastifyRequest, onSendHookHandler } from 'fastify'
 import type { Upstream } from './upstream.js'
-import type { Exchange } from './proxy-attempt.js'
-import { kExchange } from './balanced-proxy.js'
+import { Attempt, kExchange, type Exchange } from './proxy-attempt.js'
+import type { BalancedProxy } from './balanced-proxy.js'
 import { FailureLog } from './failure-log.js'
 
-type ExchangeCarrier = FastifyRequest & { [kExchange]?: Exchange }
+type ExchangeCarrier = FastifyRequest & { [kExchange]?: Exchange<BalancedProxy> }
 
 /** What a request's access log line carries besides Fastify's own fields (nginx's $upstream_addr, $upstream_response_time). */
 export interface AccessFields {
@@ -29,23 +29,26 @@ export interface AccessFields {
  * logged at warn without a stack, one line per code and second with a count.
  */
 export class ProxyObserver {
-  readonly #upstream: Upstream
+  /** Where an answer given before any upstream was chosen is counted (a Host no server name matches): the proxy's default upstream, if any. */
+  readonly #fallback: Upstream | undefined
   readonly #log: FailureLog
   /** Whether Fastify writes an access line (its `disableRequestLogging` is not `true`). */
   readonly #accessLog: boolean
 
-  constructor (fastify: FastifyInstance, upstream: Upstream) {
-    this.#upstream = upstream
+  constructor (fastify: FastifyInstance, fallback: Upstream | undefined) {
+    this.#fallback = fallback
     this.#log = new FailureLog(fastify.log)
     this.#accessLog = fastify.initialConfig.disableRequestLogging !== true
   }
 
   readonly onSend: onSendHookHandler = (request, reply, payload, done) => {
     const status = reply.statusCode
-    this.#upstream.recordAnswer(status)
     const exchange = (request as ExchangeCarrier)[kExchange]
+    const upstream = exchange?.site.upstream ?? this.#fallback
+    upstream?.recordAnswer(status)
     const attempt = exchange?.attempt
-    if (exchange === undefined || attempt == null) {
+    // A WebSocket session is answered (101) before this hook; its peer is on the exchange.
+    if (exchange === undefined || upstream === undefined || !(attempt instanceof Attempt)) {
       done(null, payload)
       return
     }
@@ -60,14 +63,14 @@ export class ProxyObserver {
       for (let i = 1; i < tried.length; i++) tried[i].recordRetry()
       if (answered) attempt.peer.recordRetry()
     }
-    if (this.#accessLog) this.#bind(reply, attempt.peer.address, ms, tried, answered)
+    if (this.#accessLog) this.#bind(reply, upstream.name, attempt.peer.address, ms, tried, answered)
     done(null, payload)
   }
 
-  #bind (reply: FastifyReply, peer: string, ms: number | undefined, tried: Exchange['tried'], answered: boolean): void {
+  #bind (reply: FastifyReply, upstreamName: string, peer: string, ms: number | undefined, tried: Exchange['tried'], answered: boolean): void {
     const log = reply.log as FastifyBaseLogger & { setBindings?: (bindings: object) => void }
     if (typeof log.setBindings !== 'function') return
-    const fields: AccessFields = { upstream: this.#upstream.name, peer }
+    const fields: AccessFields = { upstream: upstreamName, peer }
     if (ms !== undefined) fields.upstreamResponseTime = Math.round(ms * 100) / 100
     const before = tried === null ? [] : answered ? tried : tried.slice(0, -1)
     if (before.length > 0) fields.tried = before.map(p => p.address)
@@ -80,12 +83,13 @@ export class ProxyObserver {
    * without a stack, a burst as one line with a count; any other error goes
    * to the application's handler.
    */
-  readonly errorHandler = (error: FastifyError, _request: FastifyRequest, reply: FastifyReply): void => {
+  readonly errorHandler = (error: FastifyError, request: FastifyRequest, reply: FastifyReply): void => {
     const code = error.code
     if (typeof code !== 'string' || !code.startsWith('FST_SUPERVISORD_')) throw error
     const statusCode = error.statusCode ?? 500
+    const upstream = (request as ExchangeCarrier)[kExchange]?.site.upstream ?? this.#fallback
     this.#log.write(statusCode >= 500 ? 'warn' : 'info', `${statusCode} ${code}`,
-      { upstream: this.#upstream.name, statusCode, code, reason: error.message }, `proxy: answered ${statusCode} ${code}`)
+      { upstream: upstream?.name, statusCode, code, reason: error.message }, `proxy: answered ${statusCode} ${code}`)
     reply.code(statusCode).send({ statusCode, code, error: STATUS_CODES[statusCode], message: error.message })
   }
 

@@ -17,6 +17,8 @@ export interface ServerOptions {
   weight?: number
   /** Used only when no primary peer is routable. */
   backup?: boolean
+  /** In-flight requests (and WebSocket sessions) at most, as nginx's max_conns and HAProxy's maxconn (default 0: no limit). */
+  maxConns?: number
   /** Starts out down (with supervisord: when `inheritBackendStatus` is set). */
   down?: boolean
   /** Passive failures within `failTimeout` that take the peer out (default 1, 0 disables). */
@@ -106,7 +108,7 @@ export interface HoldStats {
   lastReleaseAt: number | null
 }
 
-const SERVER_KEYS = optionKeys<ServerOptions>()('address', 'weight', 'backup', 'down', 'maxFails', 'failTimeout')
+const SERVER_KEYS = optionKeys<ServerOptions>()('address', 'weight', 'backup', 'down', 'maxFails', 'failTimeout', 'maxConns')
 export const MAX_WEIGHT = 1000
 
 export class Upstream implements PeerOwner, BalancedUpstream {
@@ -130,6 +132,8 @@ export class Upstream implements PeerOwner, BalancedUpstream {
   /** Every answer of the proxies over this upstream, the gateway's own errors included, by status class. */
   readonly #answers = [0, 0, 0, 0, 0, 0]
   #scale: ScaleReading | null = null
+  /** Told when a peer at its maxConns gives a slot back (requests queued for one wait on it). */
+  readonly #slotListeners = new Set<(peer: Peer) => void>()
 
   constructor (registry: EventEmitter<RegistryEvents>, name: string, options: UpstreamOptions) {
     const where = `upstream "${name}"`
@@ -178,6 +182,16 @@ export class Upstream implements PeerOwner, BalancedUpstream {
 
   inflightChanged (peer: Peer): void {
     this.balancer.inflightChanged?.(peer)
+  }
+
+  slotFreed (peer: Peer): void {
+    for (const listener of this.#slotListeners) listener(peer)
+  }
+
+  /** Listens (or stops listening) for a slot freed on a peer that was at its `maxConns`. */
+  onSlotFree (listener: (peer: Peer) => void, on = true): void {
+    if (on) this.#slotListeners.add(listener)
+    else this.#slotListeners.delete(listener)
   }
 
   routableTiers (): RoutableTiers {
@@ -384,6 +398,7 @@ function serverConfig (server: string | ServerOptions, index: number, where: str
     backup: booleanOption(options.backup, false, where, 'backup'),
     down: booleanOption(options.down, false, where, 'down'),
     maxFails: numberOption(options.maxFails, 1, where, 'maxFails', { min: 0, integer: true }),
+    maxConns: numberOption(options.maxConns, 0, where, 'maxConns', { min: 0, integer: true }),
     failTimeout: durationOption(options.failTimeout, 10_000, where, 'failTimeout')
   }
 }

@@ -90,7 +90,7 @@ t.test('failures: passive failures by kind, retries and redispatches, the gatewa
   const good = await backendFor(t, (req, res, b) => req.url === '/fail' ? res.writeHead(503).end() : whoAmI(req, res, b), 1)
   const hang = await silentServer(t)
   const app = await metricsApp(t, { backend: { servers: ['127.0.0.1:1', good.address, `127.0.0.1:${hang.port}`], balancer: 'round-robin' } },
-    { failStatuses: [503], headersTimeout: 1000, nextUpstreamTries: 2 })
+    { nextUpstream: ['error', 'timeout', 'http_503'], headersTimeout: 1000, nextUpstreamTries: 2 })
   await listening(app)
   // Round-robin: the first request goes to peer 0 (refused), then to peer 1.
   t.equal((await app.inject('/')).statusCode, 200)
@@ -102,7 +102,7 @@ t.test('failures: passive failures by kind, retries and redispatches, the gatewa
 
   t.equal((await app.inject('/fail')).statusCode, 503)
   page = await scrape(app)
-  t.equal(page.value('server_passive_failures_total', { ...peer(1), kind: 'status' }), 1, 'a failStatuses answer is kind "status"')
+  t.equal(page.value('server_passive_failures_total', { ...peer(1), kind: 'status' }), 1, 'an answer nextUpstream names (http_503) is kind "status"')
   t.equal(page.value('server_http_responses_total', { ...peer(1), code: '5xx' }), 1)
 
   // Peer 1 is out now too: the next GET goes to the silent peer and times out.

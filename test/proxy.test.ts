@@ -134,10 +134,10 @@ t.test('a reset connection on GET is retried on the next peer', async t => {
   t.same(await backendsOf(app, 3), [1, 1, 1])
 })
 
-t.test('failStatuses count a 5xx as a passive failure; the answer is passed through, not retried', async t => {
+t.test('a nextUpstream status with nextUpstreamTries 1 counts as a passive failure; the answer is passed through, not retried', async t => {
   const erring = await backendFor(t, (_req, res) => { res.statusCode = 503; res.end('busy') }, 0)
   const good = await backendFor(t, whoAmI, 1)
-  const app = await gateway({ b: { servers: [erring.address, good.address] } }, { failStatuses: [503] })
+  const app = await gateway({ b: { servers: [erring.address, good.address] } }, { nextUpstream: ['error', 'timeout', 'http_503'], nextUpstreamTries: 1 })
   t.teardown(() => app.close())
   const res = await app.inject('/')
   t.equal(res.statusCode, 503)
@@ -200,7 +200,9 @@ t.test('in-flight counts follow responses, errors and client aborts', async t =>
 
 t.test('bad proxy options fail at registration naming the option', async t => {
   await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { headersTimeout: -1 }), /proxy to upstream "b": option "headersTimeout" must be/)
-  await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { failStatuses: [404] }), /option "failStatuses" must be a list of 5xx/)
+  await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { failStatuses: [503] } as never), /option "failStatuses" is not taken: it was replaced by nextUpstream/)
+  await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { nextUpstream: ['http_418'] } as never), /option "nextUpstream" must be a list of nginx's proxy_next_upstream words/)
+  await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { nextUpstream: ['off', 'error'] }), /"off" stands alone/)
   await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { upstream: 'nope' }), /unknown upstream "nope" \(known: "b"\)/)
   await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { prefix: 'api' }), /option "prefix" must start with "\/"/)
   await t.rejects(gateway({ b: { servers: ['127.0.0.1:1'] } }, { retries: 3 } as never), /unknown option "retries"/)
