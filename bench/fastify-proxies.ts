@@ -6,7 +6,14 @@ import healthCheck from '../plugins/health.js'
 import statusPage from '../routes/status-page.js'
 import metrics from '../plugins/metrics.js'
 
-export type FastifyProxyKind = 'plain' | 'bare' | 'metrics' | 'features'
+export type FastifyProxyKind = 'plain' | 'bare' | 'metrics' | 'features' | 'vhosts' | 'ws-plain' | 'ws-bare'
+
+/** Sites of the virtual-host case, each an upstream over the same peers: site0.example.test ... */
+export const VHOST_SITES = 200
+
+export function vhostName (site: number): string {
+  return `site${site}.example.test`
+}
 
 /** ms between two scrapes of /metrics, as a Prometheus with scrape_interval 1s (its default is 1 min). */
 const SCRAPE_EVERY = 1000
@@ -56,6 +63,26 @@ export async function fastifyProxy (kind: FastifyProxyKind, servers: string[], l
       await app.register(registry, { upstreams: { backend: { servers, balancer: 'round-robin' } } })
       if (kind === 'metrics') await registerMetrics(app)
       await app.register(proxy, { upstream: 'backend', disableRequestLogging: true })
+      return app
+    }
+    case 'vhosts': {
+      // VHOST_SITES upstreams of the same peers, one server name each: what one request costs to route by Host
+      const app = Fastify({ logger: false })
+      const upstreams = Object.fromEntries(Array.from({ length: VHOST_SITES }, (_, site) => [`site${site}`, { servers, balancer: 'round-robin' as const }]))
+      await app.register(registry, { upstreams })
+      const hosts = Object.fromEntries(Array.from({ length: VHOST_SITES }, (_, site) => [vhostName(site), `site${site}`]))
+      await app.register(proxy, { hosts, disableRequestLogging: true })
+      return app
+    }
+    case 'ws-plain': {
+      const app = Fastify({ logger: false })
+      await app.register(httpProxy, { upstream: `http://${servers[0]}`, websocket: true, disableRequestLogging: true })
+      return app
+    }
+    case 'ws-bare': {
+      const app = Fastify({ logger: false })
+      await app.register(registry, { upstreams: { backend: { servers, balancer: 'round-robin' } } })
+      await app.register(proxy, { upstream: 'backend', websocket: true, disableRequestLogging: true })
       return app
     }
     case 'features': {

@@ -3,7 +3,15 @@ import { Pool } from 'undici'
 import { percentile } from './load.js'
 
 /** What the main thread asks: hit `url` with `connections` concurrent loops for `ms` (warm-up not counted). */
-export interface LoadJob { url: string, connections: number, warmupMs: number, ms: number, maxRequests: number }
+export interface LoadJob {
+  url: string
+  connections: number
+  warmupMs: number
+  ms: number
+  maxRequests: number
+  /** Host headers sent in turn, one per request (default: the URL's). */
+  hosts?: string[]
+}
 export interface LoadResult { requests: number, errors: number, rps: number, p50: number, p99: number }
 
 async function load (job: LoadJob): Promise<LoadResult> {
@@ -20,7 +28,8 @@ async function load (job: LoadJob): Promise<LoadResult> {
       sent++
       const t0 = performance.now()
       try {
-        const res = await pool.request({ path: url.pathname, method: 'GET' })
+        const hosts = job.hosts
+        const res = await pool.request({ path: url.pathname, method: 'GET', headers: hosts === undefined ? undefined : { host: hosts[sent % hosts.length] } })
         await res.body.dump()
         if (res.statusCode !== 200) errors++
       } catch {

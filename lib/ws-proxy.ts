@@ -26,9 +26,8 @@ type UpgradeRequest = IncomingMessage & { [kUpgrade]?: Upgrade, [kProtocol]?: st
 interface SharedListener { prefixes: string[] }
 type ServerWithListener = FastifyInstance['server'] & { [kListener]?: SharedListener }
 
-/** Messages buffered towards one side before the other side is paused (and resumed below LOW_WATER). */
+/** Bytes buffered towards one side past which the other side is paused, until that message is written. */
 const HIGH_WATER = 1024 * 1024
-const LOW_WATER = 256 * 1024
 /** ws's default (100 MiB) lets one client pin that much memory per message: smaller here, raise it with wsServerOptions/wsClientOptions. */
 const MAX_PAYLOAD = 16 * 1024 * 1024
 /** How long a closing handshake may take when the gateway shuts down, before the sockets are cut. */
@@ -228,7 +227,7 @@ class Session implements Abandonable {
     const hooks = this.#proxy.hooks
     const context = { log }
     const pass = (from: WebSocket, to: WebSocket, hook: typeof hooks.onIncomingMessage, name: string) => {
-      let pending = 0
+      const resume = (): void => { if (from.isPaused) from.resume() }
       return (data: RawData, isBinary: boolean): void => {
         if (hook !== undefined) {
           try {
@@ -237,13 +236,13 @@ class Session implements Abandonable {
             log.error({ err }, `proxy ws error from ${name} hook`)
           }
         }
-        const size = Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : (data as Buffer).byteLength
-        pending += size
-        if (pending > HIGH_WATER && !from.isPaused) from.pause()
-        to.send(data, { binary: isBinary }, () => {
-          pending -= size
-          if (pending < LOW_WATER && from.isPaused) from.resume()
-        })
+        if (to.bufferedAmount < HIGH_WATER) {
+          to.send(data, { binary: isBinary })
+          return
+        }
+        // The other side reads slower than this one sends: stop reading this one until it caught up.
+        from.pause()
+        to.send(data, { binary: isBinary }, resume)
       }
     }
     source.on('message', pass(source, target, hooks.onIncomingMessage, 'onIncomingMessage'))

@@ -128,3 +128,27 @@ t.test('bad BENCH_* settings are refused naming the variable', async t => {
   t.same(chosen.connections, [10])
   t.equal(chosen.pin, false)
 })
+
+t.test('the virtual-host and WebSocket benches measure their systems side by side and leave no child running', async t => {
+  const saved = { ...process.env }
+  Object.assign(process.env, { BENCH_ROUNDS: '1', BENCH_SECONDS: '0.3', BENCH_CONNECTIONS: '4', BENCH_SESSIONS: '4' })
+  t.teardown(() => {
+    for (const name of ['BENCH_ROUNDS', 'BENCH_SECONDS', 'BENCH_CONNECTIONS', 'BENCH_SESSIONS']) {
+      if (saved[name] === undefined) delete process.env[name]
+      else process.env[name] = saved[name]
+    }
+  })
+  const { run: vhosts } = await import('../bench/vhosts.js')
+  const { run: websocket } = await import('../bench/websocket.js')
+  for (const [name, bench, systems] of [['vhosts', vhosts, ['single', 'vhosts']], ['websocket', websocket, ['direct', 'plain', 'bare']]] as const) {
+    const lines: string[] = []
+    const rounds = await bench(line => lines.push(line))
+    t.same(rounds.map(r => r.system), systems, `${name}: one round of each system`)
+    for (const round of rounds) {
+      t.ok(round.count > 0, `${name} ${round.system}: work done (${round.count})`)
+      t.equal(round.errors, 0, `${name} ${round.system}: no errors`)
+    }
+    t.ok(lines.some(line => line.includes('| system |')), `${name}: the table was printed`)
+    t.ok(lines.some(line => line.includes('none left running')), `${name}: every child stopped`)
+  }
+})
