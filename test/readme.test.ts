@@ -6,6 +6,7 @@ import { backendsFor, freePort, type Backend } from './helpers/backends.js'
 import { skip, supervisordFor, USERNAME, PASSWORD } from './helpers/supervisord.js'
 import { countOf } from './helpers/gateway.js'
 import { until } from './helpers/wait.js'
+import { request } from 'undici'
 
 // Every README code block that is a complete program (it imports the package
 // and listens) runs here, against real backends (and a real supervisord where
@@ -52,9 +53,9 @@ async function get (url: string): Promise<{ status: number, body: string }> {
   return { status: res.status, body: await res.text() }
 }
 
-t.test('the README has its three complete programs', async t => {
+t.test('the README has its four complete programs', async t => {
   const found = await programs()
-  t.equal(found.length, 3, 'the quick start and the two nginx examples')
+  t.equal(found.length, 4, 'the quick start, the two nginx examples and the hosting gateway')
 })
 
 t.test('README: the minimal balancer with health checks and the status page', async t => {
@@ -97,4 +98,29 @@ t.test('README: example configuration #2 (supervisord none, inherited status, /_
   t.equal(backends[2].hits, 2, 'now in rotation')
   t.equal((await get(`${app.base}/_stop/2`)).status, 200)
   t.equal((await get(`${app.base}/_start/x`)).status, 400)
+})
+
+t.test('README: a hosting gateway (sites by Host, each started on its first request)', { skip }, async t => {
+  const [, , , code] = await programs()
+  const sv = await supervisordFor(t, { programs: [{ prefix: 'shop', count: 1 }, { prefix: 'blog', count: 1 }] })
+  const [shop, blog] = sv.programs
+  const app = await run(t, code, [
+    ['127.0.0.1:9001', sv.address],
+    ['admin:super', `${USERNAME}:${PASSWORD}`],
+    ['127.0.0.1:8000', shop.address],
+    ['127.0.0.1:8001', blog.address]
+  ])
+  const hosted = async (host: string): Promise<{ status: number, body: string }> => {
+    const res = await request(app.base, { headers: { host }, headersTimeout: 15_000 })
+    return { status: res.statusCode, body: await res.body.text() }
+  }
+  t.equal(await sv.statename('shop0'), 'STOPPED', 'no site runs before its first request')
+  t.same(await hosted('www.shop.example.com'), { status: 200, body: '{"backend":0}' }, 'held while shop0 started, then answered')
+  t.equal(await sv.statename('shop0'), 'RUNNING')
+  t.equal(await sv.statename('blog0'), 'STOPPED', 'the other site stays down')
+  t.equal((await hosted('a.blog.example.com')).status, 200, 'a wildcard name starts its own site')
+  t.equal(await sv.statename('blog0'), 'RUNNING')
+  const unknown = await hosted('other.example.net')
+  t.equal(unknown.status, 404)
+  t.match(JSON.parse(unknown.body), { code: 'FST_SUPERVISORD_UNKNOWN_HOST' })
 })
