@@ -133,6 +133,11 @@ describe('plugins take their own options', () => {
   test('registry, proxy, status page and routes', () => {
     expect(app.register).type.toBeCallableWith(registry, { upstreams: { backend: { servers: ['127.0.0.1:8000'] } } })
     expect(app.register).type.toBeCallableWith(proxy, { upstream: 'backend', prefix: '/api', headersTimeout: 5000 })
+    expect(app.register).type.toBeCallableWith(proxy, { hosts: { 'shop.example.com': 'shop', '*.example.org': 'org' }, upstream: 'fallback' })
+    expect(app.register).type.toBeCallableWith(proxy, { upstream: 'backend', nextUpstream: ['error', 'timeout', 'http_502', 'non_idempotent'], nextUpstreamTimeout: 10_000 })
+    expect(app.register).type.toBeCallableWith(proxy, { upstream: 'backend', websocket: true, wsDrainTimeout: 5000, wsHooks: { onConnect: () => {} }, xForwarded: true, preserveHost: true })
+    expect(app.register).type.toBeCallableWith(proxy, { upstream: 'backend', preHandler: async () => {}, replyOptions: { contentType: 'text/plain' } })
+    expect(app.register).type.toBeCallableWith(registry, { upstreams: { backend: { servers: [{ address: '127.0.0.1:8000', maxConns: 10 }] } } })
     expect(app.register).type.toBeCallableWith(statusPage, { path: '/health', refresh: 0 })
     expect(app.register).type.toBeCallableWith(supervisordRoutes, { upstream: 'backend', allow: ['10.0.0.0/8'], token: 't' })
     expect(app.register).type.toBeCallableWith(supervisord, { callTimeout: 2000 })
@@ -146,6 +151,8 @@ describe('plugins take their own options', () => {
 
   test('a misspelt or mistyped option is a type error', () => {
     expect(app.register).type.not.toBeCallableWith(proxy, { upstream: 'backend', headersTimeout: '5s' })
+    expect(app.register).type.not.toBeCallableWith(proxy, { upstream: 'backend', nextUpstream: ['http_418'] })
+    expect(app.register).type.not.toBeCallableWith(proxy, { upstream: 'backend', failStatuses: [502] })
     expect(app.register).type.not.toBeCallableWith(statusPage, { path: 42 })
     expect(app.register).type.not.toBeCallableWith(supervisordRoutes, { upstream: 'backend', methods: ['DELETE'] })
     expect(app.register).type.not.toBeCallableWith(statusPage, { others: 'nobody' })
