@@ -15,6 +15,7 @@ export async function run (print: (line: string) => void = console.log): Promise
   const rounds = envNumber('BENCH_ROUNDS', 3)
   const seconds = envNumber('BENCH_SECONDS', 5)
   const connections = envNumber('BENCH_CONNECTIONS', 50)
+  const warmup = envNumber('BENCH_WARMUP', 2)
   const children = new Children()
   try {
     const backends = await startBackendProcess(3)
@@ -29,7 +30,7 @@ export async function run (print: (line: string) => void = console.log): Promise
     const hosts = Array.from({ length: VHOST_SITES }, (_, site) => vhostName(site))
     const load = async (system: System, ms: number): Promise<LoadResult> => await inWorker<LoadResult>('./load-worker.js',
       { url: `http://127.0.0.1:${system.port}/`, connections, warmupMs: 0, ms, maxRequests: 50_000_000, hosts } satisfies LoadJob)
-    for (const system of systems) await load(system, 2000)
+    for (const system of systems) await load(system, warmup * 1000)
     const results = await alternate(systems, rounds, async system => {
       const result = await load(system, seconds * 1000)
       return { rate: result.rps, count: result.requests, errors: result.errors, p50: result.p50, p99: result.p99 }

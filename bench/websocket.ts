@@ -15,6 +15,7 @@ export async function run (print: (line: string) => void = console.log): Promise
   const seconds = envNumber('BENCH_SECONDS', 5)
   const sessions = envNumber('BENCH_SESSIONS', 50)
   const size = envNumber('BENCH_MESSAGE_SIZE', 64)
+  const warmup = envNumber('BENCH_WARMUP', 1)
   const children = new Children()
   try {
     const backends = await startBackendProcess(2, 'ws')
@@ -28,8 +29,8 @@ export async function run (print: (line: string) => void = console.log): Promise
       { id: 'bare', label: 'this proxy (websocket: true), round-robin over 2', port: bare.port, pid: bare.pid }
     ]
     const load = async (system: System, ms: number): Promise<WsLoadResult> => await inWorker<WsLoadResult>('./ws-load-worker.js',
-      { url: `ws://127.0.0.1:${system.port}/`, sessions, warmupMs: 500, ms, size, maxMessages: 100_000_000 } satisfies WsLoadJob)
-    for (const system of systems) await load(system, 1000)
+      { url: `ws://127.0.0.1:${system.port}/`, sessions, warmupMs: Math.min(500, warmup * 500), ms, size, maxMessages: 100_000_000 } satisfies WsLoadJob)
+    for (const system of systems) await load(system, warmup * 1000)
     const results = await alternate(systems, rounds, async system => {
       const result = await load(system, seconds * 1000)
       return { rate: result.perSecond, count: result.messages, errors: result.errors, p50: result.p50, p99: result.p99 }

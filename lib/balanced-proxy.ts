@@ -110,11 +110,8 @@ export class BalancedProxy {
       done(new NoPeerError(this.upstream.name))
       return
     }
+    // A client that leaves while held is dropped from the queue (see exchange()): a resolved one is still here.
     this.#hold.wait(request).then(held => {
-      if (exchange.clientGone) {
-        held.release()
-        return
-      }
       exchange.assign(held)
       done()
     }, done)

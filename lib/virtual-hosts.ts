@@ -39,10 +39,6 @@ export class VirtualHosts<T> {
     for (const [name, value] of Object.entries(table)) this.#add(name, value, where)
   }
 
-  get size (): number {
-    return this.#exact.size + this.#leading.size + this.#trailing.size + this.#patterns.length
-  }
-
   #add (name: string, value: T, where: string): void {
     const bad = (why: string): Error => optionError(where, `option "hosts": server name ${showValue(name)} ${why}`)
     if (name.startsWith('~')) {

@@ -326,7 +326,6 @@ export class WebSocketProxy {
   readonly #sessions = new Map<Peer, Set<Session>>()
   /** A pending close of a leaving peer's sessions. */
   readonly #drains = new Map<Peer, NodeJS.Timeout>()
-  #closing = false
 
   constructor (fastify: FastifyInstance, options: ProxyOptions, settings: ProxySettings) {
     this.#fastify = fastify
@@ -356,10 +355,6 @@ export class WebSocketProxy {
     const version = request.headers['sec-websocket-version']
     if (request.method !== 'GET' || typeof key !== 'string' || !KEY.test(key) || (version !== '13' && version !== '8')) {
       reply.send(new BadRequestError(exchange.site.upstream.name, 'not a valid WebSocket handshake'))
-      return
-    }
-    if (this.#closing) {
-      reply.code(503).send()
       return
     }
     const session = new Session(this, exchange, dest)
@@ -466,7 +461,7 @@ export class WebSocketProxy {
   protocolsOf (request: FastifyRequest): string[] {
     const header = request.headers['sec-websocket-protocol']
     if (header === undefined) return []
-    return [...new Set((Array.isArray(header) ? header.join(',') : header).split(',').map(protocol => protocol.trim()).filter(Boolean))]
+    return [...new Set(header.split(',').map(protocol => protocol.trim()).filter(Boolean))]
   }
 
   /**
@@ -510,7 +505,6 @@ export class WebSocketProxy {
 
   /** The server is closing: every session gets 1001, and is cut if its close handshake has not ended within a second. */
   async close (): Promise<void> {
-    this.#closing = true
     this.#fastify.upstreams.off('change', this.#onChange)
     for (const timer of this.#drains.values()) clearTimeout(timer)
     this.#drains.clear()

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import net from 'node:net'
 import t from 'tap'
 import WebSocket from 'ws'
-import { freePort, tcpServer } from './helpers/backends.js'
+import { freePort, silentServer, tcpServer } from './helpers/backends.js'
 import { gateway, listening, loggerInto } from './helpers/gateway.js'
 import { handshake, wsBackendFor, wsBackendProcess, wsClient } from './helpers/ws.js'
 import { until } from './helpers/wait.js'
@@ -287,3 +287,34 @@ async function raw (port: number, text: string): Promise<string> {
     setTimeout(() => socket.destroy(), 3000).unref()
   })
 }
+
+t.test('a peer silent on the handshake: headersTimeout answers 504 and the peer is charged; a client leaving mid-handshake closes the peer side', async t => {
+  const silent = await silentServer(t)
+  const app = await gateway({ b: { servers: [`127.0.0.1:${silent.port}`] } }, { websocket: true, headersTimeout: 300 })
+  t.teardown(() => app.close())
+  const base = await listening(app)
+  const started = Date.now()
+  const answer = await handshake(wsUrl(base))
+  t.match(answer, { status: 504 })
+  t.ok(Date.now() - started < 2000, 'timed by the proxy\'s own timer')
+  t.equal(app.upstreams.get('b').peers[0].fails, 1)
+
+  const leaving = new WebSocket(wsUrl(base))
+  leaving.on('error', () => {})
+  t.ok(await until(() => silent.open.size === 1), 'the peer side is being opened')
+  leaving.terminate()
+  t.ok(await until(() => silent.open.size === 0), 'the client left: its handshake to the peer is given up')
+  t.equal(app.upstreams.get('b').peers[0].inflight, 0)
+})
+
+t.test('wsClientOptions.queryString replaces the query string passed to the peer, as @fastify/http-proxy', async t => {
+  const backend = await wsBackendFor(t, 0)
+  const fixed = await gateway({ b: { servers: [backend.address] } }, { websocket: true, wsClientOptions: { queryString: { token: 'x y' } } })
+  t.teardown(() => fixed.close())
+  const client = await wsClient(t, wsUrl(await listening(fixed), '/q?drop=1'))
+  t.match(JSON.parse(await client.next()), { url: '/q?token=x%20y' })
+  const computed = await gateway({ c: { servers: [backend.address] } }, { websocket: true, wsClientOptions: { queryString: (search: string | undefined) => `seen=${encodeURIComponent(search ?? '')}` } })
+  t.teardown(() => computed.close())
+  const second = await wsClient(t, wsUrl(await listening(computed), '/q?a=1'))
+  t.match(JSON.parse(await second.next()), { url: '/q?seen=%3Fa%3D1' })
+})
