@@ -1,17 +1,22 @@
 import { Worker } from 'node:worker_threads'
 import type { LoadJob, LoadResult } from './load-worker.js'
 
-/** Runs a bounded load in a worker thread, so the client does not share the event loop it measures. */
-export async function runLoad (job: LoadJob): Promise<LoadResult> {
-  const worker = new Worker(new URL('./load-worker.js', import.meta.url), { workerData: job })
+/** Runs a worker script of ours (beside this file) with `job` and resolves with its one answer. */
+export async function inWorker<T> (script: string, job: unknown): Promise<T> {
+  const worker = new Worker(new URL(script, import.meta.url), { workerData: job })
   try {
-    return await new Promise<LoadResult>((resolve, reject) => {
+    return await new Promise<T>((resolve, reject) => {
       worker.once('message', resolve)
       worker.once('error', reject)
     })
   } finally {
     await worker.terminate()
   }
+}
+
+/** Runs a bounded load in a worker thread, so the client does not share the event loop it measures. */
+export async function runLoad (job: LoadJob): Promise<LoadResult> {
+  return await inWorker<LoadResult>('./load-worker.js', job)
 }
 
 /** The value at quantile `q` of ascending `sorted`; NaN when empty. */

@@ -1,4 +1,3 @@
-import { Worker } from 'node:worker_threads'
 import { cpuSeconds, type Children } from './children.js'
 import { median } from './load.js'
 
@@ -16,19 +15,6 @@ export function envNumber (name: string, fallback: number): number {
   const value = Number(text)
   if (!Number.isFinite(value) || value <= 0) throw new Error(`${name} must be a number above 0, got "${text}"`)
   return value
-}
-
-/** Runs a worker script of ours with `job` and resolves with its one answer. */
-export async function inWorker<T> (script: string, job: unknown): Promise<T> {
-  const worker = new Worker(new URL(script, import.meta.url), { workerData: job })
-  try {
-    return await new Promise<T>((resolve, reject) => {
-      worker.once('message', resolve)
-      worker.once('error', reject)
-    })
-  } finally {
-    await worker.terminate()
-  }
 }
 
 /** Rounds of `measure` over every system in turn (A B A B ...), with each system's own CPU per unit of work. */

@@ -3,8 +3,8 @@ import { Children } from './children.js'
 import { VHOST_SITES, vhostName } from './fastify-proxies.js'
 import { startNodeProxy } from './node-proxy.js'
 import type { LoadJob, LoadResult } from './load-worker.js'
-import { alternate, envNumber, fmt, inWorker, ratio, stopAll, table, type Round, type System } from './side-by-side.js'
-import { median } from './load.js'
+import { alternate, envNumber, fmt, ratio, stopAll, table, type Round, type System } from './side-by-side.js'
+import { inWorker, median } from './load.js'
 
 // `npm run bench -- vhosts`: the cost of routing by Host. This proxy over one
 // upstream of 3 peers, beside the same proxy with 200 upstreams of 3 peers

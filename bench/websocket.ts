@@ -2,8 +2,8 @@ import { startBackendProcess } from './backends-process.js'
 import { Children } from './children.js'
 import { startNodeProxy } from './node-proxy.js'
 import type { WsLoadJob, WsLoadResult } from './ws-load-worker.js'
-import { alternate, envNumber, fmt, inWorker, ratio, stopAll, table, type Round, type System } from './side-by-side.js'
-import { median } from './load.js'
+import { alternate, envNumber, fmt, ratio, stopAll, table, type Round, type System } from './side-by-side.js'
+import { inWorker, median } from './load.js'
 
 // `npm run bench -- websocket`: WebSocket message throughput through this
 // proxy, beside plain @fastify/http-proxy and the backend hit directly: each
