@@ -12,6 +12,7 @@ import { faultOf, type Fault } from './fault.js'
 import { leaving } from './proxy-dispatcher.js'
 import { errorFor } from './proxy-errors.js'
 import { addForwarded, requestHeadersForPeer, responseHeadersForClient, type HeaderFields } from './proxy-headers.js'
+import { wsTlsOptions } from './proxy-agent.js'
 import { BadRequestError, MalformedResponseError } from './errors.js'
 
 /** The socket and first bytes of an upgrade, kept on the raw request while Fastify routes it. */
@@ -147,6 +148,7 @@ class Session implements Abandonable {
     const target = new WebSocket(url, proxy.protocolsOf(request), {
       maxPayload: MAX_PAYLOAD,
       ...proxy.clientOptions,
+      ...(peer.scheme === 'https' ? wsTlsOptions(peer.host, exchange.site.upstream.tls) : {}),
       headers: proxy.headersFor(request) as Record<string, string>,
       perMessageDeflate: proxy.clientOptions.perMessageDeflate ?? false,
       autoPong: false,

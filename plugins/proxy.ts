@@ -1,10 +1,11 @@
 import fp from 'fastify-plugin'
 import httpProxy from '@fastify/http-proxy'
-import { Agent, type Dispatcher } from 'undici'
+import type { Dispatcher } from 'undici'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Peer } from '../lib/peer.js'
 import { BalancedProxy } from '../lib/balanced-proxy.js'
 import { ProxyObserver } from '../lib/proxy-observer.js'
+import { proxyAgent } from '../lib/proxy-agent.js'
 import { settings, upstreamsOf, type ProxyOptions } from '../lib/proxy-options.js'
 import { kExchange, type Exchange, type ForwardCallback, type ForwardedRequest } from '../lib/proxy-attempt.js'
 import { addForwarded, type HeaderFields } from '../lib/proxy-headers.js'
@@ -42,16 +43,16 @@ async function proxyPlugin (fastify: FastifyInstance, options: ProxyOptions): Pr
   const upstreams = names.map(name => fastify.upstreams.get(name))
   const where = describe(fallbackName, hosts)
   const config = settings(options, where, Math.max(...upstreams.map(upstream => upstream.peers.length)))
-  const agent = new Agent({
-    // The attempts keep their own timers; undici's are a backstop for the connect only.
-    connect: { timeout: config.connectTimeout },
-    headersTimeout: 0,
-    bodyTimeout: 0,
-    keepAliveTimeout: config.keepAliveTimeout,
-    connections: config.connections ?? null,
-    pipelining: 1
-  })
-  const sites = new Map(upstreams.map(upstream => [upstream.name, new BalancedProxy(upstream, fastify.upstreams, agent, config, fastify.log)]))
+  // One agent for the plain upstreams; one more for each with https:// peers, made with its tls section.
+  const agent = proxyAgent(config)
+  const agents = [agent]
+  const agentOf = (upstream: typeof upstreams[number]): Dispatcher => {
+    if (upstream.tls === undefined) return agent
+    const own = proxyAgent(config, upstream.tls)
+    agents.push(own)
+    return own
+  }
+  const sites = new Map(upstreams.map(upstream => [upstream.name, new BalancedProxy(upstream, fastify.upstreams, agentOf(upstream), config, fastify.log)]))
   const fallback = fallbackName === undefined ? undefined : sites.get(fallbackName)
   // Counts and access-log fields per answer, and the suite's error answers at warn: before the routes, so that they apply to them.
   const observer = new ProxyObserver(fastify, fallback?.upstream)
@@ -146,7 +147,7 @@ async function proxyPlugin (fastify: FastifyInstance, options: ProxyOptions): Pr
   fastify.addHook('onClose', async () => {
     for (const site of sites.values()) site.close()
     observer.close()
-    await agent.close()
+    await Promise.all(agents.map(async own => await own.close()))
   })
 }
 
