@@ -368,7 +368,10 @@ t.test('after failTimeout a peer that fails again is out after one failure; a su
 })
 
 t.test('requests waiting on a peer taken out are rescued at once if they may be sent again; a POST stays', async t => {
-  const hung = await silentServer(t)
+  // A hung peer that keeps what it is sent: a request is on it once its head arrived (before that it is not sent yet, and may go anywhere).
+  let received = ''
+  const hung = await tcpServer(t, socket => socket.on('data', (chunk: Buffer) => { received += chunk.toString('latin1') }))
+  const arrived = (): number => received.match(/(GET|POST) \/ HTTP\/1\.1/g)?.length ?? 0
   const seen: Parameters<typeof recording>[0] = []
   const live = await backendFor(t, recording(seen), 1)
   // headersTimeout far beyond the test's own bounds: whatever is answered was rescued.
@@ -381,10 +384,11 @@ t.test('requests waiting on a peer taken out are rescued at once if they may be 
   for (const [name, takeOut] of Object.entries(takeOuts)) {
     // Everything to the hung peer first: the live one in maintenance meanwhile.
     livePeer.setAdmin('maint')
+    received = ''
     const gets = Array.from({ length: 4 }, async () => await request(base, { dispatcher }))
     const leaving = new AbortController()
     const post = request(base, { dispatcher, method: 'POST', body: 'once', signal: leaving.signal }).catch(() => 'aborted')
-    t.ok(await until(() => peer.inflight === 5), `${name}: four GETs and a POST wait on the hung peer`)
+    t.ok(await until(() => peer.inflight === 5 && arrived() === 5), `${name}: four GETs and a POST sent to the hung peer, waiting`)
     livePeer.setAdmin('ready')
     takeOut()
     const answers = await Promise.all(gets)
