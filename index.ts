@@ -16,7 +16,8 @@ export type { PeerState } from './lib/peer-state.js'
 export { Buckets } from './lib/buckets.js'
 
 export { default as proxy } from './plugins/proxy.js'
-export type { ProxyOptions } from './lib/proxy-options.js'
+export type { ProxyOptions, ProxyHooks, ProxyReplyOptions, WebSocketHooks, WebSocketHookContext } from './lib/proxy-options.js'
+export type { NextUpstreamWord } from './lib/fault.js'
 
 export { default as supervisord } from './plugins/supervisord.js'
 export type { SupervisordBridge, SupervisordBridgeOptions, ExecuteOptions, ExecuteResult, Command } from './lib/supervisord-bridge.js'
