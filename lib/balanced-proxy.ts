@@ -121,14 +121,17 @@ export class BalancedProxy {
    * Answers an exchange that got no peer (or whose body could not be read).
    * A hold's outcome (5xx) is answered by the hold queue's rule, with
    * Retry-After on a 503 (the start back-off's own when there is one), and
-   * not logged per request: whoever starts peers logs it once.
+   * not logged per request: whoever starts peers logs it once. The rest (a
+   * bad body; no routable peer on an upstream that starts none) goes to the
+   * proxy's error handler, which logs it.
    */
   refuse (exchange: Exchange, error: Error & { statusCode?: number, retryAfter?: number }): void {
     // reply-from's continuation is dropped, as on any failure answered here.
     exchange.callback = null
     if (exchange.clientGone || exchange.reply.sent) return
     const safe = forClient(error, this.upstream.name, this.settings.exposeErrors) as Error & { statusCode?: number, retryAfter?: number }
-    if ((safe.statusCode ?? 500) < 500) {
+    if ((safe.statusCode ?? 500) < 500 || (error instanceof NoPeerError && !this.upstream.startsOnDemand)) {
+      if (safe.statusCode === 503) exchange.reply.header('retry-after', this.settings.retryAfter)
       exchange.reply.send(safe)
       return
     }
