@@ -40,7 +40,7 @@ export { default as statusPage } from './routes/status-page.js'
 export type { StatusPageOptions } from './routes/status-page.js'
 export { statusSnapshot, upstreamStatus } from './lib/status/snapshot.js'
 export type { SnapshotOptions } from './lib/status/snapshot.js'
-export type { StatusSnapshot, UpstreamStatus, PeerStatus, GatewayStatus, CheckStatus, LastCheckStatus, CommandStatus } from './lib/status/types.js'
+export type { StatusSnapshot, UpstreamStatus, PeerStatus, GatewayStatus, CheckStatus, LastCheckStatus, CommandStatus, GroupStatus } from './lib/status/types.js'
 export { readiness } from './lib/status/readiness.js'
 
 export { default as metrics } from './plugins/metrics.js'
@@ -73,5 +73,7 @@ export type {
   Store, StoreState, StoreStatus, StoreEvents, StoreMessage, PublishedEvent, SettingsEvent, ProcessEvent, HealthEvent, ResyncEvent,
   PeerSettings, PeerPin, SettingName, PeerRef, PeerSettingsRecord, SettingsSnapshot, SharedHealth, SharedHealthRecord, LoadSum, Member, MemberDetails
 } from './lib/store/types.js'
+export { Group, leaseNames } from './lib/group.js'
+export type { GroupOptions, GroupEvents } from './lib/group.js'
 export { LeaseKeeper, withLease } from './lib/store/lease.js'
 export type { LeaseKeeperOptions, LeaseEvents, LeaseTaskResult } from './lib/store/lease.js'

@@ -16,6 +16,8 @@ export const NotManagedError = createError(
   'FST_SUPERVISORD_NOT_MANAGED', 'fastify-supervisord: upstream "%s" has no "supervisord" option (use supervisord: "none" to start and stop peers without a daemon)', 500, TypeError)
 export const BadAdminStateError = createError(
   'FST_SUPERVISORD_BAD_ADMIN_STATE', 'admin state must be one of %s, got %s', 400, TypeError)
+export const BadPinError = createError(
+  'FST_SUPERVISORD_BAD_PIN', 'pin must be one of none, up, down, got %s', 400, TypeError)
 export const BadCommandError = createError(
   'FST_SUPERVISORD_BAD_COMMAND', 'command must be "start" or "stop", got %s', 400, TypeError)
 /** The one "no such peer" error, for the API and the routes alike. */

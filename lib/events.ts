@@ -13,6 +13,8 @@ export interface CommandEvent {
   fault?: string
   /** Human-readable reason, for logs and answers. */
   reason?: string
+  /** The gateway of the group that sent it, when not this one (this one waited for its outcome). */
+  by?: string
   at: number
 }
 

@@ -6,7 +6,9 @@ import type { Upstream } from './upstream.js'
 import { hostPort, Prober, type ProbeTarget } from './health-probe.js'
 import { CheckSchedule, type ScheduledTask } from './check-schedule.js'
 import { healthSettings, PLUGIN_OPTIONS, type HealthPluginOptions, type HealthSettings } from './health-options.js'
-import { numberOption, rejectUnknownOptions } from './options.js'
+import { booleanOption, numberOption, rejectUnknownOptions } from './options.js'
+import { PeerShare, SharedChecks, type SharedResultTaker } from './health-sharing.js'
+import type { SharedHealthRecord } from './store/types.js'
 
 export type { HealthCheckOptions, HealthPluginOptions } from './health-options.js'
 
@@ -30,7 +32,7 @@ function targetOf (peer: Peer, upstream: Upstream, settings: HealthSettings): Pr
  * the shared schedule: due for its next check while it waits, due for its
  * timeout while a check runs.
  */
-class PeerChecker implements ScheduledTask {
+class PeerChecker implements ScheduledTask, SharedResultTaker {
   due = 0
   slot = -1
   readonly #peer: Peer
@@ -45,9 +47,19 @@ class PeerChecker implements ScheduledTask {
   /** The process came (back) up during a check: check again as soon as it ends. */
   #again = false
   #started = false
+  /** In a group: the lease that says whether this gateway checks the peer, and where results go. */
+  readonly #share: PeerShare | undefined
+  /** Epoch ms the process last went down or stopping here: a shared result written before describes an older process. */
+  #downAt = 0
+  /** `at` of the last shared check recorded. */
+  #sharedAt = 0
 
-  constructor (peer: Peer, upstream: Upstream, settings: HealthSettings, history: number, log: FastifyBaseLogger, schedule: CheckSchedule) {
+  constructor (peer: Peer, upstream: Upstream, settings: HealthSettings, history: number, log: FastifyBaseLogger, schedule: CheckSchedule, share?: PeerShare) {
     this.#peer = peer
+    this.#share = share
+    share?.keeper.on('acquired', () => {
+      if (this.#started && !this.#checking && this.#peer.running) this.#schedule.at(this, performance.now())
+    })
     // As HAProxy does, so that a large upstream is not checked in one burst;
     // at most SPREAD_STEP apart, so that a small one is still checked at once.
     this.#offset = peer.index * Math.min(settings.interval / upstream.peers.length, SPREAD_STEP)
@@ -72,10 +84,22 @@ class PeerChecker implements ScheduledTask {
       return
     }
     this.#pause()
+    this.#downAt = Date.now()
     if (state === 'down') {
       this.#peer.resetCheckRuns()
       this.#setHealth(this.#settings.initialState === 'down' ? 'unhealthy' : 'unknown', 'process down')
     }
+  }
+
+  /** Another gateway's result, taken when it checks the peer and the result is of the process that runs now. */
+  applyShared (record: SharedHealthRecord, now: number): void {
+    const peer = this.#peer
+    if (!this.#started || this.#share?.here !== false || !peer.running || now - record.age < this.#downAt) return
+    if (record.check !== null && record.check.at !== this.#sharedAt) {
+      this.#sharedAt = record.check.at
+      peer.recordCheck(record.check, this.#history)
+    }
+    this.#setHealth(record.health, `${record.check?.reason ?? record.health}, checked by gateway ${record.by}`)
   }
 
   stop (): void {
@@ -86,6 +110,8 @@ class PeerChecker implements ScheduledTask {
   /** The schedule's call: the next check is due, or the one in flight has timed out. */
   run (now: number): void {
     if (this.#checking) return this.#prober.timeout()
+    // Another gateway checks it: look again an interval on (the lease may come here).
+    if (this.#share?.here === false) return this.#schedule.at(this, now + this.#settings.interval)
     this.#checking = true
     this.#schedule.at(this, now + this.#settings.timeout)
     this.#prober.check(this.#done)
@@ -117,11 +143,13 @@ class PeerChecker implements ScheduledTask {
   #record (result: CheckResult): void {
     const peer = this.#peer
     peer.recordCheck(result, this.#history)
+    const from = peer.health
     if (result.ok) {
       if (peer.rise >= this.#settings.rise) this.#setHealth('healthy', result.reason)
     } else if (peer.fall >= this.#settings.fall) {
       this.#setHealth('unhealthy', result.reason)
     }
+    this.#share?.written(peer.health, result, peer.health !== from)
   }
 
   #setHealth (state: HealthState, reason: string): void {
@@ -129,6 +157,8 @@ class PeerChecker implements ScheduledTask {
     const from = peer.health
     if (from === state) return
     peer.setHealth(state, reason)
+    // A check's result is shared by #record; this is the process going down.
+    if (reason === 'process down') this.#share?.written(state, null, true)
     this.#log.info({ upstream: peer.upstream, index: peer.index, peer: peer.address, from, to: state, reason },
       `peer ${peer.index} (${peer.address}) of upstream "${peer.upstream}" is ${state}: ${reason}`)
   }
@@ -142,17 +172,25 @@ export class HealthChecks {
   readonly #registry: Registry
   readonly #checkers = new Map<string, PeerChecker[]>()
   readonly #schedule: CheckSchedule
+  /** In a group whose store is shared (and shareChecks): one owner per peer's checks. */
+  readonly #shared: SharedChecks | undefined
 
   constructor (registry: Registry, options: HealthPluginOptions, log: FastifyBaseLogger) {
     rejectUnknownOptions(options, PLUGIN_OPTIONS, 'health')
     const history = numberOption(options.history, 32, 'health', 'history', { min: 1, max: 10_000, integer: true })
+    const share = registry.group.shared && booleanOption(options.shareChecks, true, 'health', 'shareChecks')
     this.#registry = registry
     this.#schedule = new CheckSchedule(error => log.error({ err: error }, 'a health check failed to run'))
+    this.#shared = share ? new SharedChecks(registry.group, error => log.error({ err: error }, 'reading the shared health checks failed')) : undefined
     registry.claim('healthCheck')
     for (const upstream of registry.upstreams.values()) {
       if (upstream.options.healthCheck === undefined) continue
       const settings = healthSettings(upstream.options.healthCheck, `upstream "${upstream.name}"`)
-      this.#checkers.set(upstream.name, upstream.peers.map(peer => new PeerChecker(peer, upstream, settings, history, log, this.#schedule)))
+      const freshMs = 3 * (settings.interval + settings.timeout) + settings.jitter
+      const shares = share ? upstream.peers.map(peer => new PeerShare(registry.group, peer, freshMs)) : []
+      const checkers = upstream.peers.map((peer, i) => new PeerChecker(peer, upstream, settings, history, log, this.#schedule, shares[i]))
+      this.#checkers.set(upstream.name, checkers)
+      this.#shared?.add(upstream.name, checkers, shares)
     }
   }
 
@@ -166,14 +204,16 @@ export class HealthChecks {
     for (const peers of this.#checkers.values()) {
       for (const checker of peers) checker.start()
     }
+    this.#shared?.start()
   }
 
-  /** Aborts the checks in flight (not recorded), closes kept connections and clears the timer. */
-  stop (): void {
+  /** Aborts the checks in flight (not recorded), closes kept connections, clears the timer and gives up the checks' leases. */
+  async stop (): Promise<void> {
     this.#registry.off('change', this.#onChange)
     for (const peers of this.#checkers.values()) {
       for (const checker of peers) checker.stop()
     }
     this.#schedule.clear()
+    await this.#shared?.stop()
   }
 }

@@ -45,6 +45,13 @@ export interface HealthCheckOptions {
 export interface HealthPluginOptions {
   /** Results kept per peer in `peer.checks` (default 32). */
   history?: number
+  /**
+   * With a store shared by a group of gateways: each peer is checked by one
+   * gateway of the group (its lease's owner), which shares the results; the
+   * others route on them (default true). false: every gateway checks every
+   * peer itself and shares nothing.
+   */
+  shareChecks?: boolean
 }
 
 declare module './upstream.js' {
@@ -70,7 +77,7 @@ export interface HealthSettings {
 const CHECK_OPTIONS = optionKeys<HealthCheckOptions>()('interval', 'jitter', 'timeout', 'rise', 'fall', 'type', 'port', 'method', 'path',
   'headers', 'status', 'body', 'maxBody', 'keepAlive', 'initialState')
 const HTTP_ONLY = ['method', 'path', 'headers', 'status', 'body', 'maxBody', 'keepAlive'] as const satisfies ReadonlyArray<keyof HealthCheckOptions>
-export const PLUGIN_OPTIONS = optionKeys<HealthPluginOptions>()('history')
+export const PLUGIN_OPTIONS = optionKeys<HealthPluginOptions>()('history', 'shareChecks')
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 // Control characters are exactly what these two refuse.
 // eslint-disable-next-line no-control-regex

@@ -10,6 +10,7 @@ import { ADMIN_STATES, CHECK_OUTCOMES, FAILURE_KINDS, STATUS_CLASSES, type Proce
 import { PEER_STATES, peerState } from './peer-state.js'
 import { readiness } from './status/readiness.js'
 import { VERSION } from './version.js'
+import { leaseNames } from './group.js'
 
 /** Every family's name starts with this. The rest is named after HAProxy's exporter where it has a counterpart. */
 export const METRICS_PREFIX = 'fastify_supervisord_'
@@ -181,6 +182,17 @@ export class SuiteMetrics {
     gauge('process_build_info', 'fastify-supervisord\'s version, as a label (HAProxy: haproxy_process_build_info).', ['version'],
       set => set({ version: VERSION }, 1))
 
+    // The group of gateways that act as one through the store (a group of one without a shared store)
+    const group = upstreams.group
+    gauge('group_store_up', 'Whether the store answers (1), or the gateway goes on alone on its last known state (0, degraded); always 1 for a group of one.', ['store'],
+      set => set({ store: group.store.kind }, group.ok ? 1 : 0))
+    gauge('group_members', 'Gateways in the group as of the last sync, this one included.', [],
+      set => set({}, group.members.length))
+    gauge('group_scaler_lead', 'Whether this gateway leads the group\'s scaler (it decides on the summed load); only in a group with a scaler.', [],
+      set => { const lead = group.owner(leaseNames.scaler); if (lead !== undefined) set({}, lead === group.id ? 1 : 0) })
+    gauge('server_check_owner', 'Whether this gateway holds the lease on the peer\'s active checks (the others route on its results); only where the group shares checks.', server,
+      set => eachPeer((peer, labels) => { const owner = group.owner(leaseNames.checks(peer.upstream, peer.index)); if (owner !== undefined) set(labels, owner === group.id ? 1 : 0) }))
+
     // Upstreams (HAProxy's backends)
     counted('backend_http_responses_total', 'Answers of the proxies over the upstream by status class, the gateway\'s own errors included (HAProxy: haproxy_backend_http_responses_total).',
       ['upstream', 'code'], set => eachUpstream((upstream, labels) => STATUS_CLASSES.forEach((code, i) => set(labels, upstream.answers[i], 'code', code))))
@@ -200,7 +212,7 @@ export class SuiteMetrics {
       set => eachUpstream((upstream, labels) => set(labels, upstream.hold.timeouts)))
     histogram('backend_queue_time_seconds', 'How long each held request waited for a cold start before it got a peer (HAProxy: haproxy_backend_queue_time_average_seconds).', ['upstream'],
       function * () { for (const upstream of self.#upstreams.upstreams.values()) yield [upstreamLabels.get(upstream) as Labels, upstream.hold.wait] })
-    gauge('backend_scale_load', 'The scaler\'s last load: requests per second per running peer over its window.', ['upstream'],
+    gauge('backend_scale_load', 'The scaler\'s last load: requests per second per running peer over its window (the group\'s on the gateway that leads the group\'s scaler, this gateway\'s own on the others).', ['upstream'],
       set => eachUpstream((upstream, labels) => { if (upstream.scale?.load != null) set(labels, upstream.scale.load) }))
     gauge('backend_scale_threshold', 'The scaler\'s loadThreshold.', ['upstream'],
       set => eachUpstream((upstream, labels) => { if (upstream.scale !== null) set(labels, upstream.scale.threshold) }))
@@ -261,7 +273,7 @@ export class SuiteMetrics {
       set => eachPeer((peer, labels) => set(labels, peer.backoff === null ? 0 : Math.max(0, (peer.backoff.until - Date.now()) / 1000))))
     this.#commands = new Counter({
       name: name('supervisord_commands_total'),
-      help: 'supervisord commands that ended, by command (start, stop), outcome (ok, failed) and fault (supervisord\'s fault name, TIMEOUT, UNREACHABLE, ...; empty when ok).',
+      help: 'supervisord commands this gateway sent that ended, by command (start, stop), outcome (ok, failed) and fault (supervisord\'s fault name, TIMEOUT, UNREACHABLE, ...; empty when ok).',
       labelNames: [...server, 'command', 'outcome', 'fault'],
       registers
     })
@@ -272,6 +284,8 @@ export class SuiteMetrics {
   }
 
   readonly #onCommand = (event: CommandEvent): void => {
+    // Sent by another gateway of the group, which counts it: the group's sum counts each command once.
+    if (event.by !== undefined) return
     this.#commands.inc({ upstream: event.upstream, peer: String(event.index), command: event.command, outcome: event.ok ? 'ok' : 'failed', fault: event.ok ? '' : event.fault ?? 'UNKNOWN' })
   }
 

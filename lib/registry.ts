@@ -1,23 +1,25 @@
 import { EventEmitter } from 'node:events'
 import type { RegistryEvents } from './events.js'
-import { ADMIN_STATES, type AdminState, type Peer } from './peer.js'
+import { ADMIN_STATES, type AdminState, type Peer, type PinState } from './peer.js'
 import { MAX_WEIGHT, Upstream, type UpstreamOptions } from './upstream.js'
 import { numberOption, optionError, showValue } from './options.js'
-import { BadAdminStateError, UnknownUpstreamError } from './errors.js'
+import { BadAdminStateError, BadPinError, UnknownUpstreamError } from './errors.js'
 import { Activity } from './activity.js'
 import type { OperatorRoutes } from './operator-routes.js'
+import { Group, type GroupLog, type GroupOptions } from './group.js'
 
-/** Where a registry reports a listener that threw (a Fastify logger fits). */
-export interface RegistryLog {
-  error (details: object, message: string): void
-}
+/** Where a registry reports a listener that threw, and its group what it does (a Fastify logger fits). */
+export interface RegistryLog extends GroupLog {}
 
-/** Without a logger (the registry used on its own), a listener that threw is a process warning. */
+/** Without a logger (the registry used on its own), errors and warnings are process warnings. */
 const WARNING_LOG: RegistryLog = {
-  error: (details, message) => process.emitWarning(`${message}: ${String((details as { err?: unknown }).err)}`, 'FastifySupervisordWarning')
+  error: (details, message) => process.emitWarning(`${message}: ${String((details as { err?: unknown }).err)}`, 'FastifySupervisordWarning'),
+  warn: (_details, message) => process.emitWarning(message, 'FastifySupervisordWarning')
 }
 
-export interface RegistryOptions {
+const PINS: readonly PinState[] = ['none', 'up', 'down']
+
+export interface RegistryOptions extends GroupOptions {
   /** By name, or as a list of `{ name, ...options }` (as a config file may hold them). */
   upstreams: Record<string, UpstreamOptions> | Array<UpstreamOptions & { name: string }>
 }
@@ -35,6 +37,8 @@ export class Registry extends EventEmitter<RegistryEvents> {
   /** Time in state, request rates and last commands of the peers. */
   readonly activity: Activity
   readonly #operatorRoutes = new Map<string, OperatorRoutes>()
+  /** The gateways this one forms one gateway with, through the store (a group of one by default). */
+  readonly group: Group
   readonly #claimed = new Set<string>(REGISTRY_SECTIONS)
   readonly #log: RegistryLog
 
@@ -52,6 +56,7 @@ export class Registry extends EventEmitter<RegistryEvents> {
     }
     this.upstreams = upstreams
     this.activity = new Activity(this, upstreams)
+    this.group = new Group(upstreams, options, log)
   }
 
   /**
@@ -81,19 +86,34 @@ export class Registry extends EventEmitter<RegistryEvents> {
     return upstream
   }
 
-  /** Takes a peer in (`ready`) or out of rotation (`drain`: in-flight requests finish; `maint`). */
+  /**
+   * Takes a peer in (`ready`) or out of rotation (`drain`: in-flight requests
+   * finish; `maint`). The one door for operators: the change is shared with
+   * the group (as are setWeight and setPin).
+   */
   setAdmin (upstream: string, index: number, state: AdminState, reason = 'operator'): Peer {
     if (!ADMIN_STATES.includes(state)) {
       throw new BadAdminStateError(ADMIN_STATES.join(', '), showValue(state))
     }
     const peer = this.get(upstream).peer(index)
     peer.setAdmin(state, reason)
+    this.group.share(peer, { admin: state })
     return peer
   }
 
   setWeight (upstream: string, index: number, weight: number): Peer {
     const peer = this.get(upstream).peer(index)
     peer.setWeight(numberOption(weight, 1, `upstream "${upstream}" server ${index}`, 'weight', { min: 1, max: MAX_WEIGHT, integer: true }))
+    this.group.share(peer, { weight: peer.weight })
+    return peer
+  }
+
+  /** Pins a peer (`up` after an operator's start, `down` after a stop: the scaler leaves it alone) or releases it (`none`). */
+  setPin (upstream: string, index: number, pin: PinState, reason: string): Peer {
+    if (!PINS.includes(pin)) throw new BadPinError(showValue(pin))
+    const peer = this.get(upstream).peer(index)
+    peer.setPin(pin, reason)
+    this.group.share(peer, { pin })
     return peer
   }
 

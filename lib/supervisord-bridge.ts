@@ -7,6 +7,8 @@ import { supervisordLabel, type SupervisordTarget } from './supervisord-address.
 import { SupervisordCallError, SupervisordClient, isDaemonFault, type ProcessInfo } from './supervisord-client.js'
 import { SECTIONS, upstreamSettings, type BridgeSettings } from './supervisord-options.js'
 import { accepts, failed, probePause, processStateOf, untilServing, type StartOutcome as Outcome } from './start-readiness.js'
+import { startInGroup, type GroupStartOutcome } from './group-start.js'
+import type { StoreMessage } from './store/types.js'
 import { BadCommandError, NotManagedError } from './errors.js'
 import { showValue } from './options.js'
 
@@ -138,6 +140,7 @@ export class Bridge implements SupervisordBridge {
   readonly #log: FastifyBaseLogger
   readonly #closing = new AbortController()
   #pollTimer: NodeJS.Timeout | undefined
+  #started = false
   #polling: Promise<void> | undefined
   /** Clients by target, shared by the upstreams that name the same supervisord. */
   readonly #clients = new Map<string, SupervisordClient>()
@@ -195,6 +198,7 @@ export class Bridge implements SupervisordBridge {
     registry.on('demand', this.#onDemand)
     registry.on('change', this.#onChange)
     registry.on('scale', this.#onScale)
+    registry.group.on('message', this.#onGroupMessage)
   }
 
   manages (upstream: string): boolean {
@@ -216,7 +220,7 @@ export class Bridge implements SupervisordBridge {
     const pc = backend === 'any' ? this.#anyCandidate(managed, command) : this.#peerControl(managed, backend)
     if (!('peer' in pc)) return pc
     // Operator intent: the scaler leaves the peer alone until it is released.
-    if (options.pin !== false) pc.peer.setPin(command === 'start' ? 'up' : 'down', `operator ${command}`)
+    if (options.pin !== false) this.#registry.setPin(upstream, pc.peer.index, command === 'start' ? 'up' : 'down', `operator ${command}`)
     const why = options.why ?? 'operator'
     const accepted = backend === 'any' ? this.#anyAccepted(managed, pc, command, why) : this.#accept(managed, pc, command, why)
     return options.wait === true ? await accepted.done : accepted.result
@@ -224,8 +228,7 @@ export class Bridge implements SupervisordBridge {
 
   unpin (upstream: string, index: number): Peer {
     const { peer } = this.#peerControl(this.#get(upstream), index)
-    peer.setPin('none', 'released')
-    return peer
+    return this.#registry.setPin(upstream, peer.index, 'none', 'released')
   }
 
   async poll (): Promise<void> {
@@ -236,6 +239,7 @@ export class Bridge implements SupervisordBridge {
 
   /** First poll (awaited), then one every pollInterval after the previous ended. */
   async start (): Promise<void> {
+    this.#started = true
     await this.poll()
     this.#schedule()
   }
@@ -246,6 +250,7 @@ export class Bridge implements SupervisordBridge {
     this.#registry.off('demand', this.#onDemand)
     this.#registry.off('change', this.#onChange)
     this.#registry.off('scale', this.#onScale)
+    this.#registry.group.off('message', this.#onGroupMessage)
     const running = [...this.#managed.values()].flatMap(m => m.peers.map(pc => pc.pending?.done))
     await Promise.allSettled([this.#polling, ...running])
   }
@@ -348,13 +353,10 @@ export class Bridge implements SupervisordBridge {
       if (command === 'stop') await this.#drain(pc, signal)
       if (pc.generation !== generation) {
         outcome = { ok: false, fault: 'CANCELLED', reason: `a later command on program "${pc.program}" replaced it` }
+      } else if (command === 'start' && this.#registry.group.shared) {
+        outcome = await this.#startInGroup(client, pc, signal)
       } else {
-        outcome = await this.#send(client, pc, command)
-        if (command === 'start' && outcome.ok) {
-          const serving = await untilServing(client, pc.program, pc.peer,
-            { readyTimeout: this.#settings.readyTimeout, running: outcome.already !== true, signal, closing: this.#closing.signal })
-          outcome = serving.ok ? outcome : serving
-        }
+        outcome = await this.#sendAndServe(client, pc, command, signal)
       }
     } finally {
       release()
@@ -364,6 +366,40 @@ export class Bridge implements SupervisordBridge {
       client.stopProcess(pc.program, false).catch(() => {})
     }
     return this.#finish(managed, pc, command, generation, asked, outcome)
+  }
+
+  /** Sends the command; a start is then waited for until the program serves. */
+  async #sendAndServe (client: SupervisordClient, pc: PeerControl, command: Command, signal: AbortSignal, outcome?: Outcome): Promise<Outcome> {
+    outcome ??= await this.#send(client, pc, command)
+    if (command !== 'start' || !outcome.ok) return outcome
+    const serving = await untilServing(client, pc.program, pc.peer,
+      { readyTimeout: this.#settings.readyTimeout, running: outcome.already !== true, signal, closing: this.#closing.signal })
+    return serving.ok ? outcome : serving
+  }
+
+  /**
+   * One start for the whole group: the gateway that gets the peer's start
+   * lease starts it (unless supervisord says it runs already: another
+   * gateway was just quicker); the others wait for its word and then, as
+   * after ALREADY_STARTED, until the program serves.
+   */
+  async #startInGroup (client: SupervisordClient, pc: PeerControl, signal: AbortSignal): Promise<GroupStartOutcome> {
+    const already = { ok: true, already: true }
+    return await startInGroup({
+      group: this.#registry.group,
+      upstream: pc.peer.upstream,
+      index: pc.peer.index,
+      program: pc.program,
+      here: async () => {
+        const info = await client.getProcessInfo(pc.program).catch(() => undefined)
+        const runs = info !== undefined && processStateOf(info) !== 'down' && processStateOf(info) !== 'stopping'
+        return await this.#sendAndServe(client, pc, 'start', signal, runs ? already : undefined)
+      },
+      serving: async () => await this.#sendAndServe(client, pc, 'start', signal, already),
+      deadline: Date.now() + this.#settings.callTimeout + this.#settings.readyTimeout + this.#registry.group.leaseTtl,
+      signal,
+      closing: this.#closing.signal
+    })
   }
 
   /** Takes the peer out of rotation and waits (bounded) for its in-flight requests to end. */
@@ -392,7 +428,7 @@ export class Bridge implements SupervisordBridge {
     }
   }
 
-  #finish (managed: Managed, pc: PeerControl, command: Command, generation: number, asked: Asked, outcome: Outcome): ExecuteResult {
+  #finish (managed: Managed, pc: PeerControl, command: Command, generation: number, asked: Asked, outcome: GroupStartOutcome): ExecuteResult {
     const { peer } = pc
     // A later command owns the peer now: this one's end changes nothing but is still told.
     const current = pc.generation === generation
@@ -425,11 +461,16 @@ export class Bridge implements SupervisordBridge {
         outcome.reason ?? 'supervisord: stop failed')
     }
     this.#emit(managed, pc, command, outcome)
-    return resultOf(pc, command, outcome)
+    // The other gateways of the group need not wait for their poll (a start they only heard of is not theirs to tell).
+    if (told && outcome.heard !== true) {
+      this.#registry.group.publish({ type: 'process', upstream: peer.upstream, index: peer.index, command, ok: outcome.ok, by: this.#registry.group.id, at: Date.now() })
+    }
+    const { heard: _heard, by: _by, ...result } = outcome
+    return resultOf(pc, command, result)
   }
 
   /** A start ended: up (back-off over), or down in back-off, with one log line either way it matters. */
-  #startEnded (managed: Managed, pc: PeerControl, asked: Asked, outcome: Outcome, told: boolean): void {
+  #startEnded (managed: Managed, pc: PeerControl, asked: Asked, outcome: GroupStartOutcome, told: boolean): void {
     const { peer } = pc
     const client = managed.client as SupervisordClient
     if (outcome.ok) {
@@ -440,7 +481,7 @@ export class Bridge implements SupervisordBridge {
       // Held requests are released within this change (or were, when a check passed first).
       peer.setProcess('up', 'started')
       this.#refreshPid(managed, pc)
-      if (told) this.#logStart(managed, pc, asked, failedBefore)
+      if (told) this.#logStart(managed, pc, asked, failedBefore, outcome.by)
       return
     }
     if (told) {
@@ -466,12 +507,16 @@ export class Bridge implements SupervisordBridge {
    * took and, for a start on demand, how long the longest-held request had
    * waited when it was released.
    */
-  #logStart (managed: Managed, pc: PeerControl, asked: Asked, failedBefore: number): void {
+  #logStart (managed: Managed, pc: PeerControl, asked: Asked, failedBefore: number, by: string | undefined): void {
     const ms = Date.now() - asked.since
     const hold = managed.upstream.hold
     const waitedMs = hold.lastReleaseAt !== null && hold.lastReleaseAt >= asked.since ? hold.lastWaitMs : null
     const details: Record<string, unknown> = { upstream: pc.peer.upstream, program: pc.program, command: 'start', why: asked.why, ms }
-    let message = `supervisord: started program "${pc.program}" (${asked.why}) in ${ms} ms`
+    // Started by another gateway of the group: this one only waited for it to serve.
+    if (by !== undefined) details.by = by
+    let message = by === undefined
+      ? `supervisord: started program "${pc.program}" (${asked.why}) in ${ms} ms`
+      : `supervisord: program "${pc.program}" started by gateway ${by} (${asked.why}), serving here in ${ms} ms`
     if (asked.why === 'demand') {
       details.waitedMs = waitedMs
       message += waitedMs === null ? '; no request was held any more' : `; the first held request waited ${waitedMs} ms`
@@ -533,9 +578,16 @@ export class Bridge implements SupervisordBridge {
       .catch(error => this.#log.error({ err: error }, 'supervisord: reading a program\'s state failed unexpectedly'))
   }
 
-  #emit (managed: Managed, pc: PeerControl, command: Command, outcome: Outcome): void {
+  #emit (managed: Managed, pc: PeerControl, command: Command, outcome: GroupStartOutcome): void {
     this.#registry.emit('command', {
-      upstream: managed.upstream.name, index: pc.peer.index, command, ok: outcome.ok, fault: outcome.fault, reason: outcome.reason, at: Date.now()
+      upstream: managed.upstream.name,
+      index: pc.peer.index,
+      command,
+      ok: outcome.ok,
+      fault: outcome.fault,
+      reason: outcome.reason,
+      ...(outcome.by === undefined ? {} : { by: outcome.by }),
+      at: Date.now()
     })
   }
 
@@ -552,7 +604,7 @@ export class Bridge implements SupervisordBridge {
     const peer = managed.upstream.startCandidate()
     if (peer !== undefined) {
       // Requests need a peer: an operator's stop no longer holds once it is started again.
-      if (peer.pin === 'down') peer.setPin('none', 'started on demand')
+      if (peer.pin === 'down') this.#registry.setPin(peer.upstream, peer.index, 'none', 'started on demand')
       this.#background(this.#accept(managed, managed.peers[peer.index], 'start', 'demand'))
       return
     }
@@ -575,6 +627,21 @@ export class Bridge implements SupervisordBridge {
     if (!managed.stopOnFailure) return this.#refresh(pc)
     this.#log.warn({ upstream: change.upstream, program: pc.program, reason: change.reason }, 'supervisord: stopping a failed peer (stopOnFailure)')
     this.#background(this.#accept(managed, pc, 'stop', 'stopOnFailure'))
+  }
+
+  /**
+   * Another gateway of the group started or stopped a program: its state is
+   * read now rather than at the next poll (supervisord stays the truth). When
+   * the store is back after a fault, messages may have been lost: a poll.
+   */
+  readonly #onGroupMessage = (message: StoreMessage): void => {
+    if (!this.#started || this.#closing.signal.aborted) return
+    if (message.type === 'resync') return this.#background(this.poll())
+    if (message.type !== 'process') return
+    const pc = this.#managed.get(message.upstream)?.peers[message.index]
+    // A command of this gateway's own on the peer finds the truth itself.
+    if (pc?.managed.client === undefined || pc.pending !== undefined) return
+    this.#refresh(pc)
   }
 
   /** The scaler decided: carry it out on the peer it chose (a stop drains first, as any stop), unless an operator pinned it meanwhile. */

@@ -78,6 +78,8 @@ export interface StopCandidateOptions {
 export interface ScaleReading {
   /** Requests per second per running peer over the last window (null before the first window ended). */
   load: number | null
+  /** What `load` counts: this gateway's requests, or the whole group's (on the gateway that leads the group's scaler). */
+  over: 'gateway' | 'group'
   /** The loadThreshold it is held against. */
   threshold: number
   /** Peers running (up or starting) when it was measured. */

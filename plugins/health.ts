@@ -12,7 +12,7 @@ export type { HealthCheckOptions, HealthPluginOptions } from '../lib/health-chec
 async function healthPlugin (fastify: FastifyInstance, options: HealthPluginOptions): Promise<void> {
   const checks = new HealthChecks(fastify.upstreams, options ?? {}, fastify.log)
   fastify.addHook('onReady', async () => checks.start())
-  fastify.addHook('onClose', async () => checks.stop())
+  fastify.addHook('onClose', async () => await checks.stop())
 }
 
 export default fp(healthPlugin, {

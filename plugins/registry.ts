@@ -30,8 +30,16 @@ async function registryPlugin (fastify: FastifyInstance, options: RegistryOption
     if (unclaimed.length > 0) {
       throw new UnreadOptionError(unclaimed.join('; '))
     }
+    // Before the other plugins' onReady (they are registered after this one):
+    // the bridge's first poll, the first checks and the scaler find the store
+    // connected and the group's settings applied.
+    await registry.group.start()
   })
-  fastify.addHook('onClose', async () => registry.close())
+  // The last onClose to run (hooks run in reverse): leases the others kept are given up before the store closes.
+  fastify.addHook('onClose', async () => {
+    registry.close()
+    await registry.group.close()
+  })
 }
 
 export default fp(registryPlugin, {

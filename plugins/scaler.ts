@@ -19,7 +19,7 @@ async function scalerPlugin (fastify: FastifyInstance, options: object): Promise
   }
   const scaler = new Scaler(fastify.upstreams, fastify.log)
   fastify.addHook('onReady', async () => scaler.start())
-  fastify.addHook('onClose', async () => scaler.stop())
+  fastify.addHook('onClose', async () => await scaler.stop())
 }
 
 export default fp(scalerPlugin, {

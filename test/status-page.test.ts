@@ -280,7 +280,8 @@ t.test('CSV: header, one row per peer, RFC 4180 quoting', async t => {
       hold: { current: 0, max: 0, overflows: 0, timeouts: 0 },
       scale: null,
       peers: [{ ...snapshotPeer(), lastCheck: { ok: false, reason: 'line\r\nbreak', latencyMs: 1, ageMs: 2, stale: false } }]
-    }]
+    }],
+    group: { gateway: 'g', store: { kind: 'memory', shared: false, state: 'ok', sinceMs: 0 }, members: [], checks: [] }
   })
   t.match(lineBreak, /,"line\r\nbreak",1,2,none,0,,serving,/, 'a line break is quoted')
 })

@@ -2,7 +2,7 @@ import { FAILURE_KINDS } from '../peer.js'
 import { PEER_STATES, STATE_MEANINGS, type PeerState } from '../peer-state.js'
 import type { OperatorCommand } from '../operator-routes.js'
 import type { AdminState, HealthState, PassiveState, ProcessState } from '../peer.js'
-import type { CheckStatus, LastCheckStatus, PeerStatus, StatusFilter, StatusSnapshot, UpstreamStatus } from './types.js'
+import type { CheckStatus, GroupStatus, LastCheckStatus, PeerStatus, StatusFilter, StatusSnapshot, UpstreamStatus } from './types.js'
 
 /** Markup that is already safe; anything else put in an `html` template is escaped. */
 class Html {
@@ -208,7 +208,7 @@ function supervisordCell (peer: PeerStatus): Html {
   const command = peer.lastCommand
   const last = command === null
     ? html`<span class="line muted">no command yet</span>`
-    : html`<span class="line ${command.ok ? '' : 'bad'}">${command.command} ${command.ok ? 'ok' : `failed ${command.fault ?? ''}`}</span><span class="line muted">${duration(command.ageMs)} ago</span>`
+    : html`<span class="line ${command.ok ? '' : 'bad'}">${command.command} ${command.ok ? 'ok' : `failed ${command.fault ?? ''}`}</span><span class="line muted">${duration(command.ageMs)} ago${command.by !== null && ` · sent by ${command.by}`}</span>`
   const backoff = peer.backoff !== null && html`<span class="tag bad" title="start back-off: ${peer.backoff.step} failed starts in a row">retry in ${duration(peer.backoff.retryInMs)}</span>`
   return html`${last}${backoff}`
 }
@@ -240,7 +240,13 @@ function actions (peer: PeerStatus, forms: PeerForms, back: string): Html {
   ]}</td></tr>`
 }
 
-function peerRows (peer: PeerStatus, forms: PeerForms | undefined, back: string): Html {
+/** Who checks the peer, where the group shares the checks (undefined: this gateway checks all its peers itself). */
+function checkerLine (checker: string | null | undefined, group: GroupStatus): Html | false {
+  if (checker === undefined) return false
+  return html`<span class="line muted">checked by ${checker === null ? 'nobody now' : checker === group.gateway ? 'this gateway' : checker}</span>`
+}
+
+function peerRows (peer: PeerStatus, forms: PeerForms | undefined, back: string, checker: Html | false): Html {
   const stale = peer.lastCheck?.stale ?? !(peer.process === 'up' || peer.process === 'starting')
   return html`<tr class="peer s-${peer.state}" id="peer-${peer.index}">
 <td>${badge(peer.state)}<span class="since">for ${duration(peer.inStateMs)}</span></td>
@@ -248,7 +254,7 @@ function peerRows (peer: PeerStatus, forms: PeerForms | undefined, back: string)
 <td><span class="line">${tone(peer.process)} · ${tone(peer.admin)}</span><span class="line">${tone(peer.health)} · ${tone(peer.passive)}</span><span class="line muted">rise ${peer.rise} / fall ${peer.fall}</span></td>
 <td class="num">${trafficCell(peer)}</td>
 <td>${errorsCell(peer)}</td>
-<td class="last">${sparkline(peer.checks, stale)}${lastCheckCell(peer.lastCheck)}</td>
+<td class="last">${sparkline(peer.checks, stale)}${lastCheckCell(peer.lastCheck)}${checker}</td>
 <td>${supervisordCell(peer)}</td>
 </tr>${forms !== undefined && actions(peer, forms, back)}`
 }
@@ -267,26 +273,50 @@ const OUTLOOK: Record<UpstreamStatus['readiness']['outlook'], string> = {
   none: 'no peer can be started'
 }
 
-function upstreamHeader (upstream: UpstreamStatus): Html {
+/** Whose requests the scaler's load counts, in a group whose scaler one gateway leads. */
+function loadScope (scale: NonNullable<UpstreamStatus['scale']>, group: GroupStatus): string {
+  if (scale.over === 'group') return ' over the group'
+  if (group.scaler === undefined) return ''
+  return group.scaler === group.gateway ? ' on this gateway' : ` on this gateway (the group's lead, ${group.scaler ?? 'nobody now'}, decides on the sum)`
+}
+
+function upstreamHeader (upstream: UpstreamStatus, group: GroupStatus): Html {
   const { summary, hold, scale, readiness } = upstream
   const scaleLine = scale === null
     ? ''
-    : html`<p class="meta">scaler: load ${scale.load === null ? '– (first window not over)' : `${scale.load} req/s per running peer`} against a threshold of ${scale.threshold} · ${scale.running} running (min ${scale.minRunning}, max ${scale.maxRunning}) · next decision in ${duration(scale.nextDecisionInMs)}</p>`
+    : html`<p class="meta">scaler: load ${scale.load === null ? '– (first window not over)' : `${scale.load} req/s per running peer${loadScope(scale, group)}`} against a threshold of ${scale.threshold} · ${scale.running} running (min ${scale.minRunning}, max ${scale.maxRunning}) · next decision in ${duration(scale.nextDecisionInMs)}</p>`
   return html`<header><h2>${upstream.name}</h2><span class="count ${countClass(summary)}">routable ${summary.routable} of ${summary.total}</span>
 <span class="ready ${readiness.ready ? 'yes' : 'no'}" title="${OUTLOOK[readiness.outlook]}">${readiness.ready ? 'ready' : 'not ready'}</span>
 <span class="meta">balancer ${upstream.balancer}${upstream.supervisord !== null && ` · supervisord ${upstream.supervisord}`}</span>
 <p class="meta hold">held ${hold.current} now · max ${hold.max} · ${hold.overflows} overflows · ${hold.timeouts} timed out</p>${scaleLine}</header>`
 }
 
-function upstreamSection (upstream: UpstreamStatus, page: HtmlPageOptions): Html {
+function upstreamSection (upstream: UpstreamStatus, page: HtmlPageOptions, group: GroupStatus): Html {
   const forms = page.forms?.get(upstream.name)
+  const checkers = new Map(group.checks.filter(check => check.upstream === upstream.name).map(check => [check.index, check.owner]))
   const table = upstream.peers.length === 0
     ? html`<p class="empty muted">No peer is ${page.status}.</p>`
     : html`<table><thead><tr>${HEADINGS.map(heading => html`<th scope="col">${heading}</th>`)}</tr></thead>
-<tbody>${upstream.peers.map(peer => peerRows(peer, forms, page.back))}</tbody></table>`
+<tbody>${upstream.peers.map(peer => peerRows(peer, forms, page.back, checkerLine(checkers.get(peer.index), group)))}</tbody></table>`
   return html`<section class="upstream" id="upstream-${upstream.name}">
-${upstreamHeader(upstream)}
+${upstreamHeader(upstream, group)}
 ${table}
+</section>`
+}
+
+/** The gateways of the group, when a store is shared: the store's state, the members, who checks and who leads the scaler. */
+function groupSection (group: GroupStatus): Html | false {
+  if (!group.store.shared) return false
+  const owners = new Map<string | null, number>()
+  for (const { owner } of group.checks) owners.set(owner, (owners.get(owner) ?? 0) + 1)
+  const unowned = owners.get(null) ?? 0
+  const you = (id: string): Html => html`${id}${id === group.gateway && html` <span class="tag">this gateway</span>`}`
+  // Redacted: the store's state only (gateway ids hold host names).
+  const members = group.members.length > 0 && html`<table><thead><tr><th scope="col">Gateway</th><th scope="col">Host</th><th scope="col">PID</th><th scope="col">Seen</th><th scope="col">Checks</th></tr></thead>
+<tbody>${group.members.map(member => html`<tr class="member"><td>${you(member.id)}</td><td>${member.host}</td><td class="num">${member.pid}</td><td>${duration(member.ageMs)} ago</td><td class="num">${owners.get(member.id) ?? 0}</td></tr>`)}</tbody></table>`
+  return html`<section class="group" id="group">
+<header><h2>Gateways</h2><span class="meta">store: <span class="store ${group.store.state === 'ok' ? 'good' : 'bad'}">${group.store.kind} ${group.store.state}</span> for ${duration(group.store.sinceMs)}</span>${group.scaler !== undefined && html`<span class="meta">scaler led by ${group.scaler ?? 'nobody'}</span>`}${unowned > 0 && html`<span class="meta">checks of ${unowned} peer${unowned === 1 ? '' : 's'} held by nobody at the last sync</span>`}</header>
+${members}
 </section>`
 }
 
@@ -340,8 +370,9 @@ ${page.refresh > 0 && html`<meta http-equiv="refresh" content="${page.refresh}">
 <body><h1>${page.title}</h1>
 <p class="meta">fastify-supervisord ${gateway.version} · up ${duration(gateway.uptimeMs)} · ${snapshot.upstreams.length} upstream${snapshot.upstreams.length === 1 ? '' : 's'} · ${routable} of ${total} peers routable${page.refresh > 0 ? ` · refreshes every ${page.refresh} s` : ''}${page.signIn !== undefined && html`<a class="signin" href="${page.signIn}">sign in</a>`}</p>
 ${navigation(page.status)}
+${groupSection(snapshot.group)}
 ${legend()}
-${snapshot.upstreams.map(upstream => upstreamSection(upstream, page))}
+${snapshot.upstreams.map(upstream => upstreamSection(upstream, page, snapshot.group))}
 <footer class="muted">Generated <time datetime="${new Date(page.now).toISOString()}">${new Date(page.now).toISOString()}</time></footer>
 </body></html>
 `.text

@@ -2,8 +2,9 @@ import { FAILURE_KINDS, STATUS_CLASSES, type CheckResult, type FailureKind, type
 import type { Registry } from '../registry.js'
 import type { Upstream } from '../upstream.js'
 import { VERSION } from '../version.js'
+import { leaseNames } from '../group.js'
 import { readiness } from './readiness.js'
-import type { StatusFilter, CheckStatus, PeerStatus, StatusSnapshot, UpstreamStatus } from './types.js'
+import type { StatusFilter, CheckStatus, GroupStatus, PeerStatus, StatusSnapshot, UpstreamStatus } from './types.js'
 
 /** Bars in a peer's picture of recent checks (and entries in `checks`). */
 const HISTORY_SHOWN = 30
@@ -61,7 +62,7 @@ function peerStatus (registry: Registry, peer: Peer, now: number, redact: boolea
     rise: peer.rise,
     fall: peer.fall,
     lastCheck: peer.lastCheck === null ? null : { ...checkStatus(peer.lastCheck, now), stale: !peer.running },
-    lastCommand: command === null ? null : { command: command.command, ok: command.ok, fault: command.fault ?? null, ageMs: Math.max(0, now - command.at) },
+    lastCommand: command === null ? null : { command: command.command, ok: command.ok, fault: command.fault ?? null, ageMs: Math.max(0, now - command.at), by: redact ? null : command.by ?? null },
     weight: peer.weight,
     backup: peer.backup,
     checks: peer.checks.slice(-HISTORY_SHOWN).map(check => checkStatus(check, now))
@@ -83,8 +84,36 @@ export function upstreamStatus (registry: Registry, upstream: Upstream, options:
     hold: { current, max, overflows, timeouts },
     scale: scale === null
       ? null
-      : { load: scale.load, threshold: scale.threshold, running: scale.running, minRunning: scale.minRunning, maxRunning: scale.maxRunning, nextDecisionInMs: Math.max(0, scale.nextAt - now) },
+      : { load: scale.load, over: scale.over, threshold: scale.threshold, running: scale.running, minRunning: scale.minRunning, maxRunning: scale.maxRunning, nextDecisionInMs: Math.max(0, scale.nextAt - now) },
     peers: status === undefined ? peers : peers.filter(peer => peer.routable === (status === 'up'))
+  }
+}
+
+/** The gateways this one acts as one with, through the store (only the store's state when redacted: gateway ids hold host names). */
+function groupStatus (registry: Registry, now: number, redact: boolean): GroupStatus {
+  const group = registry.group
+  const status = group.store.status
+  const store = { kind: group.store.kind, shared: group.shared, state: status.state, sinceMs: Math.max(0, now - status.since) }
+  if (redact) return { gateway: null, store, members: [], checks: [] }
+  const checks: GroupStatus['checks'] = []
+  for (const upstream of registry.upstreams.values()) {
+    for (const peer of upstream.peers) {
+      const owner = group.owner(leaseNames.checks(upstream.name, peer.index))
+      if (owner !== undefined) checks.push({ upstream: upstream.name, index: peer.index, owner })
+    }
+  }
+  const scaler = group.owner(leaseNames.scaler)
+  return {
+    gateway: group.id,
+    store,
+    members: group.members.map(member => ({
+      id: member.id,
+      host: typeof member.details.host === 'string' ? member.details.host : null,
+      pid: typeof member.details.pid === 'number' ? member.details.pid : null,
+      ageMs: Math.max(0, now - member.at)
+    })),
+    checks,
+    ...(scaler === undefined ? {} : { scaler })
   }
 }
 
@@ -97,6 +126,7 @@ export function statusSnapshot (registry: Registry, options: SnapshotOptions = {
   const now = options.now ?? Date.now()
   return {
     gateway: { version: VERSION, uptimeMs: Math.max(0, now - registry.activity.startedAt) },
-    upstreams: [...registry.upstreams.values()].map(upstream => upstreamStatus(registry, upstream, { ...options, now }))
+    upstreams: [...registry.upstreams.values()].map(upstream => upstreamStatus(registry, upstream, { ...options, now })),
+    group: groupStatus(registry, now, options.redact ?? false)
   }
 }

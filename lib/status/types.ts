@@ -1,6 +1,7 @@
 import type { AdminState, FailureKind, HealthState, PassiveState, PinState, ProcessState, StatusClass } from '../peer.js'
 import type { PeerState } from '../peer-state.js'
 import type { StartOutlook } from '../upstream.js'
+import type { StoreState } from '../store/types.js'
 
 export type StatusFilter = 'up' | 'down'
 export type StatusFormat = 'html' | 'json' | 'csv'
@@ -26,6 +27,8 @@ export interface CommandStatus {
   fault: string | null
   /** ms since it ended. */
   ageMs: number
+  /** The gateway of the group that sent it, when another one did (this one waited for its outcome); null otherwise, or for a viewer who does not pass the guard. */
+  by: string | null
 }
 
 export interface PeerStatus {
@@ -83,8 +86,13 @@ export interface UpstreamStatus {
   readiness: { ready: boolean, outlook: StartOutlook['state'] }
   /** Requests held for a cold start: now, the most at once, refused because the queue was full, timed out. */
   hold: { current: number, max: number, overflows: number, timeouts: number }
-  /** The scaler's last reading (null without a scaler): load in requests/s per running peer against the threshold, and when it decides next. */
-  scale: { load: number | null, threshold: number, running: number, minRunning: number, maxRunning: number, nextDecisionInMs: number } | null
+  /**
+   * The scaler's last reading (null without a scaler): load in requests/s per
+   * running peer against the threshold, and when it decides next. `over`:
+   * the load is this gateway's alone, or the group's (on the gateway that
+   * leads the group's scaler; the others show their own share).
+   */
+  scale: { load: number | null, over: 'gateway' | 'group', threshold: number, running: number, minRunning: number, maxRunning: number, nextDecisionInMs: number } | null
   /** The peers that pass the status filter. */
   peers: PeerStatus[]
 }
@@ -96,7 +104,27 @@ export interface GatewayStatus {
   uptimeMs: number
 }
 
+/**
+ * The gateways that act as one through their store, as this gateway sees
+ * them. For a viewer who does not pass the guard, only the store's state:
+ * gateway ids hold host names.
+ */
+export interface GroupStatus {
+  /** This gateway's id (null when redacted). */
+  gateway: string | null
+  /** `shared` false: a group of one (the default in-memory store), nothing shared. `degraded`: routing on the last known state. */
+  store: { kind: 'memory' | 'redis', shared: boolean, state: StoreState, sinceMs: number }
+  /** The gateways of the group, as of the last sync (each one's host, pid, and ms since it last announced itself); empty when redacted. */
+  members: Array<{ id: string, host: string | null, pid: number | null, ageMs: number }>
+  /** Who checks each peer, where checks are shared (null: nobody holds the lease now); empty when redacted. */
+  checks: Array<{ upstream: string, index: number, owner: string | null }>
+  /** Who leads the scaler of the group (null: nobody now); absent with no shared scaler, or when redacted. */
+  scaler?: string | null
+}
+
 export interface StatusSnapshot {
   gateway: GatewayStatus
   upstreams: UpstreamStatus[]
+  /** The group this gateway is part of (a group of one without a shared store). */
+  group: GroupStatus
 }

@@ -283,7 +283,8 @@ export async function rpcCounter (t: Test, sv: Supervisord): Promise<RpcCounter>
     req.on('end', () => {
       const body = Buffer.concat(chunks)
       calls.push(/<methodName>([^<]*)<\/methodName>/.exec(body.toString())?.[1] ?? '?')
-      const upstream = http.request({ host: '127.0.0.1', port: sv.port, method: req.method, path: req.url, headers: req.headers }, answer => {
+      // A connection per call, as the gateway's client makes them (a kept one that supervisord closed would be reset).
+      const upstream = http.request({ host: '127.0.0.1', port: sv.port, method: req.method, path: req.url, headers: req.headers, agent: false }, answer => {
         res.writeHead(answer.statusCode ?? 502, answer.headers)
         answer.pipe(res)
       })

@@ -1,0 +1,330 @@
+import t, { type Test } from 'tap'
+import Fastify, { type FastifyInstance } from 'fastify'
+import registry from '../plugins/registry.js'
+import supervisord from '../plugins/supervisord.js'
+import healthCheck from '../plugins/health.js'
+import scaler from '../plugins/scaler.js'
+import proxy from '../plugins/proxy.js'
+import statusPage from '../routes/status-page.js'
+import { Registry, type RegistryOptions } from '../lib/registry.js'
+import { MemoryBackend, MemoryStore } from '../lib/store/memory-store.js'
+import { RedisStore } from '../lib/store/redis-store.js'
+import type { StoreEvents } from '../lib/store/types.js'
+import type { PeerChange } from '../lib/peer.js'
+import type { ScaleEvent } from '../lib/events.js'
+import type { GroupStatus } from '../lib/status/types.js'
+import { leaseNames } from '../lib/group.js'
+import { statusSnapshot } from '../lib/status/snapshot.js'
+import { backendFor, freePort, type Backend } from './helpers/backends.js'
+import { loggerInto } from './helpers/gateway.js'
+import { rpcCounter, skip as supervisordSkip, supervisordFor, type LogLine } from './helpers/supervisord.js'
+import { sleep, until } from './helpers/wait.js'
+
+// Gateways of a group in one process: each a Fastify instance with a store of
+// its own on one MemoryBackend, as RedisStores on one Redis. What only real
+// processes can show (SIGKILL, a Redis stopped) is in group-processes.test.ts.
+
+const UPSTREAM = (backends: Backend[]): RegistryOptions['upstreams'] => ({ backend: { servers: backends.map(b => b.address) } })
+
+interface Member { app: FastifyInstance, logs: LogLine[], changes: PeerChange[] }
+
+type Plugins = (app: FastifyInstance) => Promise<void>
+
+/** One gateway of the group on `backend`, ready; closed in the teardown. */
+async function member (t: Test, backend: MemoryBackend | undefined, id: string, upstreams: RegistryOptions['upstreams'],
+  plugins: Plugins = async () => {}, extra: Partial<RegistryOptions> = {}): Promise<Member> {
+  const logs: LogLine[] = []
+  const app = Fastify({ logger: loggerInto(logs, 'info') })
+  const store = backend === undefined ? undefined : new MemoryStore({ backend, namespace: 'group' })
+  await app.register(registry, { upstreams, store, gatewayId: id, syncInterval: 5000, leaseTtl: 300, ...extra })
+  await plugins(app)
+  const changes: PeerChange[] = []
+  app.upstreams.on('change', change => changes.push(change))
+  t.teardown(async () => await app.close())
+  await app.ready()
+  return { app, logs, changes }
+}
+
+const peerOf = (m: Member, index = 0) => m.app.upstreams.get('backend').peers[index]
+
+t.test('the group options are checked at registration, naming the option', async t => {
+  const upstreams = { backend: { servers: ['127.0.0.1:1'] } }
+  t.throws(() => new Registry({ upstreams, store: {} as never }), { code: 'FST_SUPERVISORD_OPTION', message: /registry: option "store" must be a store/ })
+  t.throws(() => new Registry({ upstreams, gatewayId: 'has space' }), /option "gatewayId" must be 1 to 200 printable characters without spaces, got "has space"/)
+  t.throws(() => new Registry({ upstreams, gatewayId: 7 as never }), /option "gatewayId"/)
+  t.throws(() => new Registry({ upstreams, syncInterval: 10 }), /option "syncInterval" must be a number from 50/)
+  t.throws(() => new Registry({ upstreams, leaseTtl: 0 }), /option "leaseTtl"/)
+  t.throws(() => new Registry({ upstreams }).setPin('backend', 0, 'sideways' as never, 'x'), { code: 'FST_SUPERVISORD_BAD_PIN', message: /got "sideways"/ })
+  const app = Fastify()
+  await app.register(registry, { upstreams, store: new MemoryStore() })
+  await t.rejects(async () => await app.register(healthCheck, { shareChecks: 'yes' as never }), /health: option "shareChecks" must be true or false/)
+  await app.close()
+})
+
+t.test('a gateway alone (no store given) writes nothing and is a group of one', async t => {
+  const b = await backendFor(t)
+  const alone = await member(t, undefined, 'solo', UPSTREAM([b]))
+  const { group } = alone.app.upstreams
+  t.equal(group.shared, false)
+  alone.app.upstreams.setAdmin('backend', 0, 'drain')
+  alone.app.upstreams.setPin('backend', 0, 'up', 'operator start')
+  t.same(await group.store.readSettings(), { version: 0, peers: [] }, 'nothing went to the store')
+  const status = statusSnapshot(alone.app.upstreams).group as GroupStatus
+  t.match(status, { gateway: 'solo', store: { kind: 'memory', shared: false, state: 'ok' }, checks: [] })
+  t.same(status.members.map(m => m.id), ['solo'], 'itself')
+  t.notOk('scaler' in status, 'no scaler lead without a shared scaler')
+})
+
+t.test('operator settings on one gateway reach the others at once, and are never written back', async t => {
+  const b = await backendFor(t)
+  const backend = new MemoryBackend()
+  const a = await member(t, backend, 'gw-a', UPSTREAM([b]))
+  const other = await member(t, backend, 'gw-b', UPSTREAM([b]))
+  a.app.upstreams.setAdmin('backend', 0, 'drain', 'operator 127.0.0.1')
+  t.ok(await until(() => peerOf(other).admin === 'drain', 1000), 'b drained the peer')
+  t.match(other.changes.find(c => c.field === 'admin'), { from: 'ready', to: 'drain', reason: 'gateway gw-a' }, 'with the writer as its reason')
+  a.app.upstreams.setWeight('backend', 0, 7)
+  a.app.upstreams.setPin('backend', 0, 'down', 'operator stop')
+  t.ok(await until(() => peerOf(other).weight === 7 && peerOf(other).pin === 'down', 1000), 'weight and pin too')
+  other.app.upstreams.setAdmin('backend', 0, 'ready')
+  t.ok(await until(() => peerOf(a).admin === 'ready', 1000), 'and back from b to a')
+  const { version } = await a.app.upstreams.group.store.readSettings() as { version: number }
+  await sleep(50)
+  t.equal(version, 4, 'four operator changes, four writes: nothing applied from the store was written back')
+  // A local change that is not an operator's (the bridge's drain before a stop) stays local.
+  peerOf(a).setAdmin('drain', 'stopping')
+  await sleep(50)
+  t.equal(peerOf(other).admin, 'ready', 'not shared')
+  t.equal((await a.app.upstreams.group.store.readSettings())?.version, 4)
+})
+
+t.test('a lost message: the settings are re-read every syncInterval; a gateway that joins later applies them at ready', async t => {
+  const b = await backendFor(t)
+  const backend = new MemoryBackend()
+  const a = await member(t, backend, 'gw-a', UPSTREAM([b]))
+  // Pub/sub is at most once: this gateway's store hears no settings message at all.
+  const deaf = new MemoryStore({ backend, namespace: 'group' })
+  const emit = deaf.emit.bind(deaf) as (event: keyof StoreEvents, ...args: unknown[]) => boolean
+  deaf.emit = ((event: keyof StoreEvents, ...args: unknown[]) => {
+    if (event === 'message' && (args[0] as { type: string }).type === 'settings') return false
+    return emit(event, ...args)
+  }) as typeof deaf.emit
+  const logs: LogLine[] = []
+  const app = Fastify({ logger: loggerInto(logs) })
+  await app.register(registry, { upstreams: UPSTREAM([b]), store: deaf, gatewayId: 'gw-deaf', syncInterval: 100 })
+  t.teardown(async () => await app.close())
+  await app.ready()
+  a.app.upstreams.setAdmin('backend', 0, 'maint')
+  t.ok(await until(() => app.upstreams.get('backend').peers[0].admin === 'maint', 2000), 'applied by the re-read')
+  const late = await member(t, backend, 'gw-late', UPSTREAM([b]))
+  t.equal(peerOf(late).admin, 'maint', 'a gateway that joins applies the group\'s settings before it serves')
+  const status = statusSnapshot(late.app.upstreams).group as GroupStatus
+  t.same(status.members.map(m => m.id), ['gw-a', 'gw-deaf', 'gw-late'], 'the members, as announced')
+  t.ok(status.members.every(m => m.pid === process.pid && typeof m.host === 'string'))
+})
+
+t.test('checks: one gateway checks each peer and shares the result; when it leaves, another takes over', async t => {
+  let failing = false
+  const seenBy: string[] = []
+  const b = await backendFor(t, (req, res) => {
+    if (req.url === '/healthz') seenBy.push(String(req.headers['x-gateway']))
+    res.statusCode = failing && req.url === '/healthz' ? 500 : 200
+    res.end('ok')
+  })
+  const backend = new MemoryBackend()
+  const upstreams = (id: string): RegistryOptions['upstreams'] => ({
+    backend: { servers: [b.address], healthCheck: { path: '/healthz', interval: 30, rise: 1, fall: 1, headers: { 'x-gateway': id } } }
+  })
+  const withChecks: Plugins = async app => { await app.register(healthCheck) }
+  const a = await member(t, backend, 'gw-a', upstreams('gw-a'), withChecks)
+  const other = await member(t, backend, 'gw-b', upstreams('gw-b'), withChecks)
+  t.ok(await until(() => seenBy.filter(id => id === 'gw-a').length >= 3), 'gw-a checks')
+  seenBy.length = 0
+  await sleep(200)
+  t.same([...new Set(seenBy)], ['gw-a'], 'gw-b does not: gw-a owns the checks')
+  t.match(statusSnapshot(other.app.upstreams).group, { checks: [] }, 'no owner known to b before its first sync')
+  failing = true
+  t.ok(await until(() => peerOf(other).health === 'unhealthy', 2000), 'b routes on a\'s result: unhealthy')
+  t.match(peerOf(other).lastCheck, { ok: false, reason: 'bad status 500' }, 'with the check that said so')
+  t.ok(other.logs.some(line => /unhealthy: bad status 500, checked by gateway gw-a/.test(line.msg)), 'logged with who checked')
+  failing = false
+  t.ok(await until(() => peerOf(other).health === 'healthy', 2000), 'and healthy again')
+  await a.app.close()
+  seenBy.length = 0
+  t.ok(await until(() => seenBy.includes('gw-b'), 2000), 'gw-a gave its lease up when it closed: gw-b checks at once')
+  t.match(statusSnapshot(other.app.upstreams).group, { checks: [{ upstream: 'backend', index: 0, owner: 'gw-b' }] })
+})
+
+t.test('checks with shareChecks false: every gateway checks for itself', async t => {
+  const seenBy = new Set<string>()
+  const b = await backendFor(t, (req, res) => {
+    seenBy.add(String(req.headers['x-gateway']))
+    res.end('ok')
+  })
+  const backend = new MemoryBackend()
+  for (const id of ['gw-a', 'gw-b']) {
+    await member(t, backend, id, { backend: { servers: [b.address], healthCheck: { interval: 30, headers: { 'x-gateway': id } } } },
+      async app => { await app.register(healthCheck, { shareChecks: false }) })
+  }
+  t.ok(await until(() => seenBy.size === 2), 'both check')
+})
+
+t.test('the scaler: one lead, deciding on the load of every gateway', async t => {
+  const backends = [await backendFor(t, undefined, 0), await backendFor(t, undefined, 1)]
+  const backend = new MemoryBackend()
+  const upstreams: RegistryOptions['upstreams'] = {
+    backend: {
+      servers: [backends[0].address, { address: backends[1].address, down: true }],
+      supervisord: 'none',
+      inheritBackendStatus: true,
+      scale: { loadThreshold: 100, window: 400, idleStop: false }
+    }
+  }
+  const gateways: Member[] = []
+  const scales: ScaleEvent[][] = []
+  for (const id of ['gw-a', 'gw-b']) {
+    const m = await member(t, backend, id, upstreams, async app => {
+      await app.register(supervisord)
+      await app.register(scaler)
+      await app.register(proxy, { upstream: 'backend' })
+    })
+    const seen: ScaleEvent[] = []
+    m.app.upstreams.on('scale', event => seen.push(event))
+    gateways.push(m)
+    scales.push(seen)
+  }
+  t.ok(await until(() => gateways.some(m => m.app.upstreams.group.owner(leaseNames.scaler) === m.app.upstreams.group.id)), 'one leads')
+  const lead = gateways.findIndex(m => m.app.upstreams.group.owner(leaseNames.scaler) === m.app.upstreams.group.id)
+  t.ok(gateways[lead].logs.some(line => /leads the scaler of the group/.test(line.msg)), 'and says so')
+  // 28 requests in each 400 ms window of the wall clock at each gateway: 70% of the threshold alone, 140% together.
+  const sending = { on: true }
+  const loops = gateways.map(async m => {
+    for (let window = 0; sending.on && window < 12; window++) {
+      await sleep(400 - Date.now() % 400 + 20)
+      for (let i = 0; i < 28; i++) await m.app.inject('/')
+    }
+  })
+  const started = await until(() => peerOf(gateways[lead], 1).process === 'up', 5000)
+  sending.on = false
+  await Promise.all(loops)
+  t.ok(started, 'the lead started backend1')
+  t.same(scales[1 - lead], [], 'the other decided nothing')
+  t.ok(scales[lead].some(event => event.reason === 'load' && event.load > 100), `on the summed load (${scales[lead].map(e => e.load).join(', ')})`)
+  t.equal((statusSnapshot(gateways[1 - lead].app.upstreams).group as GroupStatus).scaler, gateways[lead].app.upstreams.group.id, 'the other knows who leads (read when it joined)')
+})
+
+t.test('a store that cannot be reached: said once, and each gateway goes on alone (checks, starts, the scaler)', async t => {
+  const b = await backendFor(t)
+  const port = await freePort()
+  const store = new RedisStore({ url: `redis://127.0.0.1:${port}`, connectTimeout: 100, commandTimeout: 100, retryInterval: 100 })
+  const logs: LogLine[] = []
+  const app = Fastify({ logger: loggerInto(logs, 'info') })
+  await app.register(registry, {
+    upstreams: { backend: { servers: [b.address, { address: b.address, down: true }], supervisord: 'none', inheritBackendStatus: true, healthCheck: { interval: 30, rise: 1 }, scale: { loadThreshold: 1, window: 200, idleStop: false } } },
+    store,
+    gatewayId: 'alone'
+  })
+  await app.register(supervisord)
+  await app.register(healthCheck)
+  await app.register(scaler)
+  await app.register(proxy, { upstream: 'backend' })
+  await app.register(statusPage)
+  t.teardown(async () => await app.close())
+  await app.ready()
+  const peer = app.upstreams.get('backend').peers[0]
+  t.ok(await until(() => peer.lastCheck !== null), 'checks run here: nobody can say who owns them')
+  app.upstreams.setAdmin('backend', 0, 'ready')
+  const sending = { on: true }
+  const loop = (async () => { for (let i = 0; sending.on && i < 500; i++) { await app.inject('/'); await sleep(10) } })()
+  t.ok(await until(() => app.upstreams.get('backend').peers[1].process === 'up', 5000), 'the scaler decided alone on its own load (a start)')
+  sending.on = false
+  await loop
+  const degraded = logs.filter(line => line.msg.startsWith('store redis degraded'))
+  t.equal(degraded.length, 1, 'the fault logged once')
+  t.match(degraded[0].msg, /routing on the last known state/)
+  const page = await app.inject('/health?format=json')
+  t.match(page.json().group, { gateway: 'alone', store: { kind: 'redis', shared: true, state: 'degraded' } })
+  const html = await app.inject({ url: '/health', headers: { accept: 'text/html' } })
+  t.match(html.body, /store: <span class="store bad">redis degraded<\/span>/, 'the page says store: degraded')
+})
+
+t.test('starts with a supervisord', { skip: supervisordSkip }, async t => {
+  await t.test('a burst on two gateways: one startProcess; the other holds its requests until the program serves', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 2 }] })
+    const counter = await rpcCounter(t, sv)
+    const backend = new MemoryBackend()
+    const upstreams: RegistryOptions['upstreams'] = { backend: { servers: sv.programs.map(p => p.address), supervisord: { ...sv.option, address: counter.address } } }
+    const withProxy: Plugins = async app => {
+      await app.register(supervisord, { pollInterval: 0 })
+      await app.register(proxy, { upstream: 'backend', holdTimeout: 10_000 })
+    }
+    const gateways = [await member(t, backend, 'gw-a', upstreams, withProxy), await member(t, backend, 'gw-b', upstreams, withProxy)]
+    const answers = await Promise.all(Array.from({ length: 20 }, async (_, i) => (await gateways[i % 2].app.inject('/')).statusCode))
+    t.same(answers, Array(20).fill(200), 'all answered')
+    t.equal(counter.calls.filter(call => call === 'supervisor.startProcess').length, 1, 'one startProcess')
+    t.same(gateways.map(m => peerOf(m).process), ['up', 'up'])
+    t.same(gateways.map(m => peerOf(m, 1).process), ['down', 'down'])
+  })
+
+  await t.test('the gateway holding the start lease dies: its lease lapses and another starts the program', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 1 }] })
+    const counter = await rpcCounter(t, sv)
+    const backend = new MemoryBackend()
+    const m = await member(t, backend, 'gw-a', { backend: { servers: sv.programs.map(p => p.address), supervisord: { ...sv.option, address: counter.address } } },
+      async app => {
+        await app.register(supervisord, { pollInterval: 0 })
+        await app.register(proxy, { upstream: 'backend', holdTimeout: 10_000 })
+      })
+    // A gateway took the lease and was killed before it called supervisord.
+    t.ok(await m.app.upstreams.group.store.acquire(leaseNames.start('backend', 0), 'gw-dead', 300))
+    const res = await m.app.inject('/')
+    t.equal(res.statusCode, 200, 'answered once the lease lapsed and gw-a started it')
+    t.equal(counter.calls.filter(call => call === 'supervisor.startProcess').length, 1)
+  })
+
+  await t.test('the store cannot be reached: the gateway starts the program itself; closing, it stops waiting for another\'s start', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 1 }] })
+    const counter = await rpcCounter(t, sv)
+    const upstreams: RegistryOptions['upstreams'] = { backend: { servers: sv.programs.map(p => p.address), supervisord: { ...sv.option, address: counter.address } } }
+    const app = Fastify()
+    await app.register(registry, { upstreams, store: new RedisStore({ url: `redis://127.0.0.1:${await freePort()}`, connectTimeout: 100 }) })
+    await app.register(supervisord, { pollInterval: 0 })
+    await app.register(proxy, { upstream: 'backend', holdTimeout: 10_000 })
+    t.teardown(async () => await app.close())
+    t.equal((await app.inject('/')).statusCode, 200, 'started here')
+    t.equal(counter.calls.filter(call => call === 'supervisor.startProcess').length, 1)
+
+    const backend = new MemoryBackend()
+    const m = await member(t, backend, 'gw-a', upstreams, async app => {
+      await app.register(supervisord, { pollInterval: 0 })
+      await app.register(proxy, { upstream: 'backend', holdTimeout: 10_000 })
+    })
+    await sv.client.stopProcess('backend0', true)
+    m.app.upstreams.get('backend').peers[0].setProcess('down', 'test')
+    t.ok(await m.app.upstreams.group.store.acquire(leaseNames.start('backend', 0), 'gw-slow', 60_000), 'another gateway starts it, for long')
+    const held = m.app.inject('/')
+    t.ok(await until(() => peerOf(m).process === 'starting'), 'the request is held while gw-slow starts it')
+    await m.app.close()
+    t.not((await held).statusCode, 200, 'the held request was answered when the gateway closed')
+    t.equal(await new MemoryStore({ backend, namespace: 'group' }).owner(leaseNames.start('backend', 0)), 'gw-slow', 'without waiting for gw-slow\'s lease to lapse')
+  })
+
+  await t.test('a start another gateway could not carry out: heard, and this one backs off too', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 1, faults: { 0: 'exit' } }] })
+    const counter = await rpcCounter(t, sv)
+    const backend = new MemoryBackend()
+    const upstreams: RegistryOptions['upstreams'] = { backend: { servers: sv.programs.map(p => p.address), supervisord: { ...sv.option, address: counter.address } } }
+    const withProxy: Plugins = async app => {
+      await app.register(supervisord, { pollInterval: 0, startBackoff: { initial: 60_000 } })
+      await app.register(proxy, { upstream: 'backend', holdTimeout: 10_000 })
+    }
+    const gateways = [await member(t, backend, 'gw-a', upstreams, withProxy), await member(t, backend, 'gw-b', upstreams, withProxy)]
+    const answers = await Promise.all(Array.from({ length: 6 }, async (_, i) => (await gateways[i % 2].app.inject('/')).statusCode))
+    t.same(answers, Array(6).fill(502), 'the start failed: 502 on both gateways')
+    t.equal(counter.calls.filter(call => call === 'supervisor.startProcess').length, 1, 'one startProcess for both')
+    const heard = gateways.flatMap(g => g.logs).filter(line => line.fault === 'FAILED_ELSEWHERE')
+    t.equal(heard.length, 1, 'the other gateway heard of the failure')
+    t.match(heard[0].msg, /gateway gw-[ab] could not start program "backend0"/)
+    t.ok(gateways.every(g => peerOf(g).backoff !== null), 'both back off')
+  })
+})
