@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -7,10 +7,10 @@ import type http from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance } from 'fastify'
 import {
-  registry, supervisord, healthCheck, proxy, scaler, statusPage, supervisordRoutes, metrics, closeGracefully,
+  registry, supervisord, healthCheck, proxy, scaler, statusPage, supervisordRoutes, metrics, closeGracefully, RedisStore,
   type UpstreamOptions
 } from '../index.js'
-import { freePort, onPath, startDaemon, type Daemon } from '../lib/dev/supervisord-daemon.js'
+import { freePort, onPath, startDaemon } from '../lib/dev/supervisord-daemon.js'
 import { startExampleBackend } from './backend.js'
 
 export interface GatewaySettings {
@@ -24,12 +24,20 @@ export interface GatewaySettings {
   mode?: 'supervisord' | 'none'
   /** ms in-flight requests have at shutdown before their connections are cut (default 3000). */
   shutdownGrace?: number
+  /**
+   * Use this supervisord (`host:port user:pass` or `unix:/path user:pass`)
+   * and its programs backend0..2 instead of starting one; `none`: the
+   * backends run already (started in-process by another gateway).
+   */
+  supervisordUrl?: string
+  /** Share state with the other gateways of a group through this Redis (`redis://host:port`). */
+  redisUrl?: string
 }
 
 export interface Gateway {
   app: FastifyInstance
   mode: 'supervisord' | 'none'
-  /** supervisord's pid in supervisord mode. */
+  /** supervisord's pid when this gateway started its own. */
   supervisordPid?: number
   /**
    * Closes the gateway (in-flight requests have `shutdownGrace` ms, then
@@ -41,8 +49,25 @@ export interface Gateway {
 
 const BACKENDS = 3
 
+/** What runs the backends, as a gateway's upstream names it. */
+export interface Backends {
+  mode: 'supervisord' | 'none'
+  /** The upstream's `supervisord` option. */
+  option: NonNullable<UpstreamOptions['supervisord']>
+  /** The backends are up already (in-process, none mode). */
+  running: boolean
+  /** That option as SUPERVISORD_URL, for more gateways of the group; undefined for one given to us. */
+  url?: string
+  supervisordPid?: number
+  /** Where the url is written (owner-only), for the other gateways. */
+  urlFile?: string
+  /** Why this way, for the log. */
+  why: string
+  stop (): Promise<void>
+}
+
 /** supervisord of our own in a temp dir: loopback only, generated credentials, backends as programs. */
-async function ownSupervisord (backendPort: number): Promise<{ daemon: Daemon, dir: string, option: UpstreamOptions['supervisord'] }> {
+async function ownSupervisord (backendPort: number, share: boolean): Promise<Backends> {
   const dir = await mkdtemp(path.join(tmpdir(), 'fastify-supervisord-example-'))
   const backendScript = fileURLToPath(new URL('./backend.js', import.meta.url))
   const username = 'gateway'
@@ -53,8 +78,65 @@ async function ownSupervisord (backendPort: number): Promise<{ daemon: Daemon, d
     command: `${process.execPath} ${backendScript} ${i} ${backendPort + i}`,
     startsecs: 1
   }))
-  const daemon = await startDaemon({ dir, port, username, password, programs })
-  return { daemon, dir, option: { address: `127.0.0.1:${port}`, username, password } }
+  try {
+    const daemon = await startDaemon({ dir, port, username, password, programs })
+    const url = `127.0.0.1:${port} ${username}:${password}`
+    // For the other gateways of a group, readable by this user only.
+    const urlFile = share ? path.join(dir, 'supervisord-url') : undefined
+    if (urlFile !== undefined) await writeFile(urlFile, url + '\n', { mode: 0o600 })
+    return {
+      mode: 'supervisord',
+      option: { address: `127.0.0.1:${port}`, username, password },
+      running: false,
+      url,
+      urlFile,
+      supervisordPid: daemon.pid,
+      why: 'supervisord is on the PATH: starting our own, backends are its programs',
+      stop: async () => {
+        await daemon.stop()
+        await rm(dir, { recursive: true, force: true })
+      }
+    }
+  } catch (error) {
+    await rm(dir, { recursive: true, force: true })
+    throw error
+  }
+}
+
+/**
+ * The backends of a gateway: the supervisord of SUPERVISORD_URL, or one of
+ * our own when supervisord is on the PATH, or three in this process.
+ */
+export async function startBackends (settings: Pick<GatewaySettings, 'backendPort' | 'mode' | 'supervisordUrl' | 'redisUrl'>): Promise<Backends> {
+  const given = settings.supervisordUrl
+  if (given === 'none') {
+    return { mode: 'none', option: 'none', running: true, why: 'SUPERVISORD_URL is none: the backends run already, in another gateway\'s process', stop: async () => {} }
+  }
+  if (given !== undefined) {
+    return { mode: 'supervisord', option: given, running: false, why: 'SUPERVISORD_URL is set: its supervisord and its programs backend0..2', stop: async () => {} }
+  }
+  const mode = settings.mode ?? (onPath('supervisord') ? 'supervisord' : 'none')
+  if (mode === 'supervisord') return await ownSupervisord(settings.backendPort, settings.redisUrl !== undefined)
+  const servers: http.Server[] = []
+  try {
+    for (let i = 0; i < BACKENDS; i++) servers.push(await startExampleBackend(i, settings.backendPort + i))
+  } catch (error) {
+    for (const server of servers) server.close()
+    throw error
+  }
+  return {
+    mode: 'none',
+    option: 'none',
+    running: true,
+    url: 'none',
+    why: 'supervisord is not on the PATH: supervisord "none" mode, backends run in this process',
+    stop: async () => {
+      for (const server of servers) {
+        server.closeAllConnections()
+        await new Promise(resolve => server.close(resolve))
+      }
+    }
+  }
 }
 
 /**
@@ -63,44 +145,30 @@ async function ownSupervisord (backendPort: number): Promise<{ daemon: Daemon, d
  * at /health (its readiness probe at /health?ready), Prometheus metrics at
  * /metrics, the operator routes under /_supervisord, and everything else
  * proxied. The routes, the metrics and the page's details and forms answer
- * loopback only, and also need ADMIN_TOKEN when it is set.
+ * loopback only, and also need ADMIN_TOKEN when it is set. With `redisUrl`,
+ * one gateway of a group sharing that Redis; `backends` given, it proxies to
+ * those instead of starting its own.
  */
-export async function startGateway (settings: GatewaySettings): Promise<Gateway> {
-  const mode = settings.mode ?? (onPath('supervisord') ? 'supervisord' : 'none')
+export async function startGateway (settings: GatewaySettings, given?: Backends): Promise<Gateway> {
   const app = Fastify({ logger: { level: 'info' } })
-  app.log.info({ mode }, mode === 'supervisord'
-    ? 'supervisord is on the PATH: starting our own, backends are its programs'
-    : 'supervisord is not on the PATH: supervisord "none" mode, backends run in this process')
-
-  let own: Awaited<ReturnType<typeof ownSupervisord>> | undefined
-  const inProcess: http.Server[] = []
-  const cleanup = async (): Promise<void> => {
-    await own?.daemon.stop()
-    if (own !== undefined) await rm(own.dir, { recursive: true, force: true })
-    for (const server of inProcess) {
-      server.closeAllConnections()
-      await new Promise(resolve => server.close(resolve))
-    }
-  }
+  const backends = given ?? await startBackends(settings)
+  const stopBackends = given === undefined ? backends.stop : async () => {}
+  app.log.info({ mode: backends.mode }, backends.why)
 
   try {
-    if (mode === 'supervisord') {
-      own = await ownSupervisord(settings.backendPort)
-    } else {
-      for (let i = 0; i < BACKENDS; i++) inProcess.push(await startExampleBackend(i, settings.backendPort + i))
-    }
     await app.register(registry, {
       upstreams: {
         backend: {
           servers: Array.from({ length: BACKENDS }, (_, i) => `127.0.0.1:${settings.backendPort + i}`),
           balancer: 'fair',
-          supervisord: own?.option ?? 'none',
+          supervisord: backends.option,
           // none mode: the in-process backends are all up already
-          inheritBackendStatus: own === undefined,
+          inheritBackendStatus: backends.running,
           healthCheck: { path: '/healthz', interval: 2000, timeout: 1000, rise: 1, fall: 2 },
           scale: { minRunning: 1 }
         }
-      }
+      },
+      store: settings.redisUrl === undefined ? undefined : new RedisStore({ url: settings.redisUrl })
     })
     await app.register(supervisord)
     await app.register(healthCheck)
@@ -113,21 +181,24 @@ export async function startGateway (settings: GatewaySettings): Promise<Gateway>
     await app.listen({ port: settings.port, host: '127.0.0.1' })
   } catch (error) {
     await app.close().catch(() => {})
-    await cleanup()
+    await stopBackends()
     throw error
+  }
+  if (settings.redisUrl !== undefined && backends.urlFile !== undefined && given === undefined) {
+    app.log.info({ file: backends.urlFile }, `more gateways of this group: REDIS_URL=${settings.redisUrl} SUPERVISORD_URL="$(cat ${backends.urlFile})" PORT=... npm start`)
   }
 
   return {
     app,
-    mode,
-    supervisordPid: own?.daemon.pid,
+    mode: backends.mode,
+    supervisordPid: given === undefined ? backends.supervisordPid : undefined,
     shutdown: async () => {
       const grace = settings.shutdownGrace ?? 3000
       const closed = closeGracefully(app, { grace }).then(() => true)
       if (!await Promise.race([closed, sleep(grace + 1000, false, { ref: false })])) {
         app.log.error({ grace }, 'the gateway did not close within its shutdown grace: stopping the backends anyway')
       }
-      await cleanup()
+      await stopBackends()
     }
   }
 }

@@ -8,6 +8,7 @@ import { Agent, request } from 'undici'
 import { alive, skip } from './helpers/supervisord.js'
 import { until } from './helpers/wait.js'
 import { which } from '../lib/dev/supervisord-daemon.js'
+import { redisFor, redisSkip } from './helpers/redis.js'
 
 // `npm start` for real, in both modes; everything it starts must be gone after SIGTERM.
 
@@ -198,4 +199,40 @@ t.test('npm start with supervisord hidden from the PATH: none mode, in-process b
   t.ok(gw.lines.some(l => typeof l.msg === 'string' && l.msg.includes('not on the PATH')), 'it says which mode and why')
   await exercise(t, gw, 's3cret-token')
   await stopped(t, gw, [gw.gatewayPid], 'npm')
+})
+
+t.test('npm start with WORKERS=2 and no REDIS_URL: starts nothing and says a Redis is needed', async t => {
+  // The build the tests above ran (npm start builds first) is current: the server itself, without npm's second build.
+  const child = spawn(process.execPath, ['dist/example-app/server.js'], { cwd: path.resolve(import.meta.dirname, '..'), env: { ...process.env, WORKERS: '2', REDIS_URL: '' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => { child.kill('SIGKILL') })
+  let output = ''
+  child.stdout?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  child.stderr?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+  t.ok(await until(() => child.exitCode !== null, 60_000), 'it exits')
+  t.not(child.exitCode, 0)
+  t.match(output, /WORKERS=2 runs 2 gateway processes that share their state through a Redis.*set REDIS_URL/)
+  t.notMatch(output, /gateway ready/)
+})
+
+t.test('npm start with WORKERS=2 and REDIS_URL: two gateway processes on one port, one group', { skip: skip !== false ? skip : redisSkip }, async t => {
+  const redis = await redisFor(t)
+  const gw = await npmStart(t, { WORKERS: '2', REDIS_URL: redis.url, ADMIN_TOKEN: '' })
+  const ready = gw.lines.find(l => l.msg === 'gateway ready') as { workers: number[] }
+  t.equal(ready.workers.length, 2, 'two gateway workers')
+  t.ok(gw.lines.some(l => typeof l.msg === 'string' && l.msg.startsWith('more gateways of this group: REDIS_URL=')), 'it says how more gateways join')
+  const seen = new Set<string>()
+  t.ok(await until(async () => {
+    // A connection of its own each time: the primary hands connections to the workers in turn.
+    const dispatcher = new Agent({ pipelining: 0 })
+    const res = await request(`${gw.base}/health?format=json`, { dispatcher })
+    const body = await res.body.json() as { group: { gateway: string, store: { kind: string, state: string } } }
+    await dispatcher.close()
+    if (body.group.store.kind === 'redis' && body.group.store.state === 'ok') seen.add(body.group.gateway)
+    return seen.size === 2
+  }, 10_000, 50), `both workers answer, each a gateway of the group on the store (${[...seen].join(', ')})`)
+  const first = await fetch(`${gw.base}/`)
+  t.equal(first.status, 200, 'proxied')
+  const pids = [gw.gatewayPid, gw.supervisordPid as number, ...ready.workers]
+  process.kill(gw.gatewayPid, 'SIGTERM')
+  t.ok(await until(() => gw.child.exitCode !== null && pids.every(pid => !alive(pid)), 15_000), `SIGTERM: the primary, the workers and supervisord are gone (${pids.filter(alive).join(', ')} left)`)
 })
