@@ -9,7 +9,8 @@ const benches: Record<string, () => Promise<{ run: () => Promise<unknown> }>> = 
   'health-checks': async () => await import('./health-checks.js'),
   'cold-start': async () => await import('./cold-start.js'),
   vhosts: async () => await import('./vhosts.js'),
-  websocket: async () => await import('./websocket.js')
+  websocket: async () => await import('./websocket.js'),
+  gateways: async () => await import('./gateways.js')
 }
 
 export async function main (filter = process.argv[2] ?? ''): Promise<void> {
