@@ -6,6 +6,10 @@ import healthCheck from '../plugins/health.js'
 import scaler from '../plugins/scaler.js'
 import proxy from '../plugins/proxy.js'
 import statusPage from '../routes/status-page.js'
+import metrics from '../plugins/metrics.js'
+import { createClock } from '@sinonjs/fake-timers'
+import { scalerOnFakeClock } from './helpers/clock.js'
+import { scrape } from './helpers/metrics.js'
 import { Registry, type RegistryOptions } from '../lib/registry.js'
 import { MemoryBackend, MemoryStore } from '../lib/store/memory-store.js'
 import { RedisStore } from '../lib/store/redis-store.js'
@@ -135,13 +139,19 @@ t.test('checks: one gateway checks each peer and shares the result; when it leav
   const upstreams = (id: string): RegistryOptions['upstreams'] => ({
     backend: { servers: [b.address], healthCheck: { path: '/healthz', interval: 30, rise: 1, fall: 1, headers: { 'x-gateway': id } } }
   })
-  const withChecks: Plugins = async app => { await app.register(healthCheck) }
+  const withChecks: Plugins = async app => {
+    await app.register(healthCheck)
+    await app.register(statusPage)
+    await app.register(metrics)
+  }
   const a = await member(t, backend, 'gw-a', upstreams('gw-a'), withChecks)
   const other = await member(t, backend, 'gw-b', upstreams('gw-b'), withChecks)
   t.ok(await until(() => seenBy.filter(id => id === 'gw-a').length >= 3), 'gw-a checks')
   seenBy.length = 0
   await sleep(200)
   t.same([...new Set(seenBy)], ['gw-a'], 'gw-b does not: gw-a owns the checks')
+  const checkOwner = async (m: Member) => (await scrape(m.app)).value('server_check_owner', { upstream: 'backend', peer: '0' })
+  t.same([await checkOwner(a), await checkOwner(other)], [1, 0], 'the metrics say who holds the checks')
   t.match(statusSnapshot(other.app.upstreams).group, { checks: [] }, 'no owner known to b before its first sync')
   failing = true
   t.ok(await until(() => peerOf(other).health === 'unhealthy', 2000), 'b routes on a\'s result: unhealthy')
@@ -153,6 +163,15 @@ t.test('checks: one gateway checks each peer and shares the result; when it leav
   seenBy.length = 0
   t.ok(await until(() => seenBy.includes('gw-b'), 2000), 'gw-a gave its lease up when it closed: gw-b checks at once')
   t.match(statusSnapshot(other.app.upstreams).group, { checks: [{ upstream: 'backend', index: 0, owner: 'gw-b' }] })
+  const page = (await other.app.inject({ url: '/health', headers: { accept: 'text/html' } })).body
+  t.match(page, /checked by this gateway/, 'the page says who checks each peer')
+  t.match(page, /<td>gw-b <span class="tag">this gateway<\/span><\/td>/, 'and lists the gateways')
+  // Gateway ids hold host names: a viewer who does not pass the guard sees the store's state only.
+  const outside = await other.app.inject({ url: '/health?format=json', remoteAddress: '192.0.2.7' })
+  t.same(outside.json().group, { gateway: null, store: { kind: 'memory', shared: true, state: 'ok', sinceMs: outside.json().group.store.sinceMs }, members: [], checks: [] }, 'redacted outside the guard')
+  const outsidePage = (await other.app.inject({ url: '/health', remoteAddress: '192.0.2.7', headers: { accept: 'text/html' } })).body
+  t.notMatch(outsidePage, /gw-[ab]/, 'nor in the HTML')
+  t.match(outsidePage, /store: <span class="store good">memory ok<\/span>/)
 })
 
 t.test('checks with shareChecks false: every gateway checks for itself', async t => {
@@ -172,45 +191,63 @@ t.test('checks with shareChecks false: every gateway checks for itself', async t
 t.test('the scaler: one lead, deciding on the load of every gateway', async t => {
   const backends = [await backendFor(t, undefined, 0), await backendFor(t, undefined, 1)]
   const backend = new MemoryBackend()
+  const window = 60_000
   const upstreams: RegistryOptions['upstreams'] = {
     backend: {
       servers: [backends[0].address, { address: backends[1].address, down: true }],
       supervisord: 'none',
       inheritBackendStatus: true,
-      scale: { loadThreshold: 100, window: 400, idleStop: false }
+      scale: { loadThreshold: 1, window, idleStop: false }
     }
   }
+  // One fake clock for both scalers: the group's windows end when the test says, the same for both.
+  const clock = createClock(Math.floor(Date.now() / window) * window + 1000)
   const gateways: Member[] = []
   const scales: ScaleEvent[][] = []
   for (const id of ['gw-a', 'gw-b']) {
     const m = await member(t, backend, id, upstreams, async app => {
       await app.register(supervisord)
-      await app.register(scaler)
+      scalerOnFakeClock(app, clock)
       await app.register(proxy, { upstream: 'backend' })
+      await app.register(statusPage)
+      await app.register(metrics)
     })
     const seen: ScaleEvent[] = []
     m.app.upstreams.on('scale', event => seen.push(event))
     gateways.push(m)
     scales.push(seen)
   }
-  t.ok(await until(() => gateways.some(m => m.app.upstreams.group.owner(leaseNames.scaler) === m.app.upstreams.group.id)), 'one leads')
-  const lead = gateways.findIndex(m => m.app.upstreams.group.owner(leaseNames.scaler) === m.app.upstreams.group.id)
+  const leads = (m: Member): boolean => m.app.upstreams.group.owner(leaseNames.scaler) === m.app.upstreams.group.id
+  t.ok(await until(() => gateways.some(leads)), 'one leads')
+  const lead = gateways.findIndex(leads)
+  const other = gateways[1 - lead]
   t.ok(gateways[lead].logs.some(line => /leads the scaler of the group/.test(line.msg)), 'and says so')
-  // 28 requests in each 400 ms window of the wall clock at each gateway: 70% of the threshold alone, 140% together.
-  const sending = { on: true }
-  const loops = gateways.map(async m => {
-    for (let window = 0; sending.on && window < 12; window++) {
-      await sleep(400 - Date.now() % 400 + 20)
-      for (let i = 0; i < 28; i++) await m.app.inject('/')
-    }
-  })
-  const started = await until(() => peerOf(gateways[lead], 1).process === 'up', 5000)
-  sending.on = false
-  await Promise.all(loops)
-  t.ok(started, 'the lead started backend1')
+  /** Ends the group's window now counted, and the lead's grace after it (its read of the sum is let run). */
+  const endWindow = async (): Promise<void> => {
+    await clock.tickAsync(window - clock.now % window)
+    await clock.tickAsync(2000)
+    await sleep(20)
+  }
+  // The first window is one the gateways saw only part of: it decides nothing.
+  await endWindow()
+  // 40 requests in a window of 60 s at each gateway: 0.67 req/s, 67% of the threshold alone; 133% together.
+  for (const m of gateways) for (let i = 0; i < 40; i++) await m.app.inject('/')
+  await endWindow()
+  t.ok(await until(() => peerOf(gateways[lead], 1).process === 'up', 5000), 'the lead started backend1')
   t.same(scales[1 - lead], [], 'the other decided nothing')
-  t.ok(scales[lead].some(event => event.reason === 'load' && event.load > 100), `on the summed load (${scales[lead].map(e => e.load).join(', ')})`)
-  t.equal((statusSnapshot(gateways[1 - lead].app.upstreams).group as GroupStatus).scaler, gateways[lead].app.upstreams.group.id, 'the other knows who leads (read when it joined)')
+  t.match(scales[lead], [{ reason: 'load', action: 'start', load: 1.33, running: 1 }], 'on the summed load')
+  const snapshot = statusSnapshot(other.app.upstreams)
+  t.equal(snapshot.group.scaler, gateways[lead].app.upstreams.group.id, 'the other knows who leads (read when it joined)')
+  t.match(statusSnapshot(gateways[lead].app.upstreams).upstreams[0].scale, { over: 'group', load: 1.33 }, 'the lead shows the group\'s load')
+  t.match(snapshot.upstreams[0].scale, { over: 'gateway', load: 0.67 }, 'the other its own share')
+  const page = await other.app.inject({ url: '/health', headers: { accept: 'text/html' } })
+  t.match(page.body, `0.67 req/s per running peer on this gateway (the group&#39;s lead, ${gateways[lead].app.upstreams.group.id}, decides on the sum)`)
+  const [leadScrape, otherScrape] = [await scrape(gateways[lead].app), await scrape(other.app)]
+  t.same([leadScrape.value('group_scaler_lead'), otherScrape.value('group_scaler_lead')], [1, 0], 'the metrics say who leads')
+  t.same([leadScrape.value('backend_scale_load', { upstream: 'backend' }), otherScrape.value('backend_scale_load', { upstream: 'backend' })], [1.33, 0.67])
+  // The later one read the members after both had announced themselves.
+  const later = await scrape(gateways[1].app)
+  t.same([later.value('group_members'), later.value('group_store_up', { store: 'memory' })], [2, 1], 'two members, the store up')
 })
 
 t.test('a store that cannot be reached: said once, and each gateway goes on alone (checks, starts, the scaler)', async t => {
@@ -257,6 +294,7 @@ t.test('starts with a supervisord', { skip: supervisordSkip }, async t => {
     const withProxy: Plugins = async app => {
       await app.register(supervisord, { pollInterval: 0 })
       await app.register(proxy, { upstream: 'backend', holdTimeout: 10_000 })
+      await app.register(metrics)
     }
     const gateways = [await member(t, backend, 'gw-a', upstreams, withProxy), await member(t, backend, 'gw-b', upstreams, withProxy)]
     const answers = await Promise.all(Array.from({ length: 20 }, async (_, i) => (await gateways[i % 2].app.inject('/')).statusCode))
@@ -264,6 +302,16 @@ t.test('starts with a supervisord', { skip: supervisordSkip }, async t => {
     t.equal(counter.calls.filter(call => call === 'supervisor.startProcess').length, 1, 'one startProcess')
     t.same(gateways.map(m => peerOf(m).process), ['up', 'up'])
     t.same(gateways.map(m => peerOf(m, 1).process), ['down', 'down'])
+    // Who started it says so; the other says who did, and counts no command of its own.
+    const starter = gateways.findIndex(m => m.logs.some(line => line.msg.startsWith('supervisord: started program "backend0" (demand)')))
+    t.not(starter, -1, 'one gateway logged the start as its own')
+    const starterId = starter === 0 ? 'gw-a' : 'gw-b'
+    const waiter = gateways[1 - starter]
+    t.ok(waiter.logs.some(line => line.msg.startsWith(`supervisord: program "backend0" started by gateway ${starterId} (demand), serving here in `) && line.by === starterId),
+      'the other logged whose start it waited for')
+    t.equal(statusSnapshot(waiter.app.upstreams).upstreams[0].peers[0].lastCommand?.by, starterId, 'and shows it as the last command\'s sender')
+    const commands = async (m: Member) => (await scrape(m.app)).value('supervisord_commands_total', { upstream: 'backend', peer: '0', command: 'start', outcome: 'ok' })
+    t.same([await commands(gateways[starter]), await commands(waiter)], [1, NaN], 'the group\'s metrics count the one start once')
   })
 
   await t.test('the gateway holding the start lease dies: its lease lapses and another starts the program', async t => {

@@ -9,9 +9,9 @@ export type FakeClock = ReturnType<typeof createClock>
  * The scaler on a fake clock, in place of the scaler plugin: started when the
  * app is ready, stopped when it closes. The gateway, the bridge and the
  * backends keep real time; the scaler's windows end when the test ticks.
+ * Gateways of a group handed one clock count the same windows.
  */
-export function scalerOnFakeClock (app: FastifyInstance): FakeClock {
-  const clock = createClock(Date.now())
+export function scalerOnFakeClock (app: FastifyInstance, clock: FakeClock = createClock(Date.now())): FakeClock {
   const scaler = new Scaler(app.upstreams, app.log, {
     now: () => clock.now,
     setTimeout: (callback, ms) => clock.setTimeout(callback, ms),
