@@ -254,7 +254,7 @@ export class SuiteMetrics {
       set => eachPeer((peer, labels) => STATUS_CLASSES.forEach((code, i) => set(labels, peer.responses[i], 'code', code))))
     histogram('server_response_time_seconds', 'From a request sent to the peer to its response headers (HAProxy\'s Tr; HAProxy: haproxy_server_response_time_average_seconds).', server,
       function * () { for (const [peer, labels] of peerLabels) yield [labels, peer.responseTime] })
-    counted('server_passive_failures_total', 'Failures charged to the peer, by kind: connect (refused, reset), timeout, response (malformed, truncated), status (failStatuses) (HAProxy: haproxy_server_connection_errors_total and haproxy_server_response_errors_total).',
+    counted('server_passive_failures_total', 'Failures charged to the peer, by kind: connect (refused, reset), timeout, response (malformed, truncated), status (one nextUpstream lists) (HAProxy: haproxy_server_connection_errors_total and haproxy_server_response_errors_total).',
       [...server, 'kind'], set => eachPeer((peer, labels) => { for (const kind of FAILURE_KINDS) set(labels, peer.failuresByKind[kind], 'kind', kind) }))
     counted('server_retry_warnings_total', 'Requests the peer got after another peer failed them, or after they were held again (HAProxy: haproxy_server_retry_warnings_total).', server,
       set => eachPeer((peer, labels) => set(labels, peer.retries)))

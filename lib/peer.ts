@@ -22,7 +22,7 @@ export interface StartBackoff {
 
 export const ADMIN_STATES: readonly AdminState[] = ['ready', 'drain', 'maint']
 
-/** What a passive failure was, in the words of the fault rules (see fault.ts): refused or reset, timed out, a bad response, a `failStatuses` status. */
+/** What a passive failure was, in the words of the fault rules (see fault.ts): refused or reset, timed out, a bad response, a status `nextUpstream` lists. */
 export type FailureKind = Extract<FaultKind, 'connect' | 'timeout' | 'response' | 'status'> | 'other'
 export const FAILURE_KINDS: readonly FailureKind[] = ['connect', 'timeout', 'response', 'status', 'other']
 
