@@ -146,7 +146,11 @@ class PeerChecker implements ScheduledTask, SharedResultTaker {
     const from = peer.health
     if (result.ok) {
       if (peer.rise >= this.#settings.rise) this.#setHealth('healthy', result.reason)
-    } else if (peer.fall >= this.#settings.fall) {
+    } else if (peer.fall >= this.#settings.fall && !(peer.process === 'starting' && from === 'unknown')) {
+      // A process still starting that no check has passed is not routable
+      // anyway, and that it refuses connections yet says nothing of the
+      // process it becomes: marked unhealthy, it would be out when its start
+      // ends, and the requests held for it would start another peer.
       this.#setHealth('unhealthy', result.reason)
     }
     this.#share?.written(peer.health, result, peer.health !== from)

@@ -249,6 +249,30 @@ t.test('process states: no checks while down or stopping; checked at once when s
   t.same([peer.rise, peer.fall], [0, 0], 'counters reset')
 })
 
+t.test('a process still starting that refuses its checks is not unhealthy: it is out anyway, and is judged once up (a start ends with it routable)', async t => {
+  const port = await freePort()
+  const { app, peer } = await checkedApp(t, { servers: [{ address: `127.0.0.1:${port}`, down: true }], healthCheck: { interval: 20, rise: 1, fall: 1 } })
+  const changes = healthChanges(app)
+  peer.setProcess('starting')
+  t.ok(await until(() => peer.checks.length >= 3), 'checked while starting')
+  t.match(peer.lastCheck, { ok: false, reason: 'connection refused' })
+  t.equal(peer.health, 'unknown', 'not unhealthy for refusing while it starts')
+  t.notOk(peer.routable, 'and not routable before it is up or a check passes')
+  peer.setProcess('up')
+  t.ok(peer.routable, 'its start over: routable at once (requests held for it go to it, not to another start)')
+  t.ok(await until(() => peer.health === 'unhealthy'), 'once up, a refused check takes it out')
+  t.match(changes, [{ from: 'unknown', to: 'unhealthy', reason: 'connection refused' }])
+
+  // A process that passed a check while starting takes requests: a failure then counts.
+  const b = await backendFor(t, ok)
+  const passed = await checkedApp(t, { servers: [{ address: b.address, down: true }], healthCheck: { interval: 20, rise: 1, fall: 1 } })
+  passed.peer.setProcess('starting')
+  t.ok(await until(() => passed.peer.health === 'healthy'), 'healthy while starting')
+  b.handler = failing
+  t.ok(await until(() => passed.peer.health === 'unhealthy'), 'and unhealthy when its check fails, still starting')
+  t.equal(passed.peer.process, 'starting')
+})
+
 t.test('process states: checks every interval stop while the process is stopping or down', async t => {
   const b = await backendFor(t, ok)
   const { peer } = await checkedApp(t, { servers: [b.address], healthCheck: { interval: 20, rise: 1 } })
