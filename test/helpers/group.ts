@@ -62,7 +62,8 @@ export async function groupGateway (t: Test, config: GroupGatewayConfig): Promis
     pending.clear()
   })
   const exited = (): boolean => child.exitCode !== null || child.signalCode !== null
-  if (!await until(() => port !== 0 || exited(), 30_000, 20) || port === 0) {
+  // A gateway compiles its TypeScript as it starts (the test's loader): seconds, many more on a loaded machine.
+  if (!await until(() => port !== 0 || exited(), 90_000, 20) || port === 0) {
     child.kill('SIGKILL')
     throw new Error(`gateway ${config.id} did not start: ${stderr}`)
   }
@@ -88,5 +89,8 @@ export async function groupGateway (t: Test, config: GroupGatewayConfig): Promis
 /** `n` gateways of one group, started side by side, named `<prefix>-a`, `-b`, ... */
 export async function groupOf (t: Test, n: number, config: (id: string) => GroupGatewayConfig, prefix = 'gw'): Promise<GroupGateway[]> {
   const ids = Array.from({ length: n }, (_, i) => `${prefix}-${String.fromCharCode(97 + i)}`)
-  return await Promise.all(ids.map(async id => await groupGateway(t, config(id))))
+  const started = Date.now()
+  const gateways = await Promise.all(ids.map(async id => await groupGateway(t, config(id))))
+  t.comment(`${n} gateway processes ready in ${Date.now() - started} ms`)
+  return gateways
 }
