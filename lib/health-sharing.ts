@@ -71,6 +71,8 @@ export class SharedChecks {
     this.#running = true
     for (const share of this.#shares) share.keeper.start()
     this.#group.on('message', this.#onMessage)
+    // A gateway that joins routes on the owners' results at once, not a syncInterval later.
+    this.#readSoon()
     this.#schedule()
   }
 

@@ -152,6 +152,10 @@ t.test('checks: one gateway checks each peer and shares the result; when it leav
   t.same([...new Set(seenBy)], ['gw-a'], 'gw-b does not: gw-a owns the checks')
   const checkOwner = async (m: Member) => (await scrape(m.app)).value('server_check_owner', { upstream: 'backend', peer: '0' })
   t.same([await checkOwner(a), await checkOwner(other)], [1, 0], 'the metrics say who holds the checks')
+  // One that joins with initialState "down" (unhealthy until a check passes) takes the owner's result at once, not a syncInterval (5 s) later.
+  const late = await member(t, backend, 'gw-late', { backend: { servers: [b.address], healthCheck: { path: '/healthz', interval: 30, rise: 1, fall: 1, initialState: 'down', headers: { 'x-gateway': 'gw-late' } } } }, withChecks)
+  t.ok(await until(() => peerOf(late).health === 'healthy', 1000), 'a gateway that joins routes on the shared result at once')
+  await late.app.close()
   t.match(statusSnapshot(other.app.upstreams).group, { checks: [] }, 'no owner known to b before its first sync')
   failing = true
   t.ok(await until(() => peerOf(other).health === 'unhealthy', 2000), 'b routes on a\'s result: unhealthy')
