@@ -10,9 +10,9 @@ import type { StartOutcome } from './start-readiness.js'
 // lease goes), then wait, as for any start, until the program serves.
 
 export interface GroupStartOutcome extends StartOutcome {
-  /** Another gateway carried the start out: this one only heard of it (and tells nobody). */
+  /** Another gateway carried the start out (or it was running already): this one only heard of it (and tells nobody). */
   heard?: boolean
-  /** The gateway that carried it out, when it said so. */
+  /** The gateway that carried it out, when known. */
   by?: string
 }
 
@@ -21,8 +21,8 @@ export interface GroupStart {
   upstream: string
   index: number
   program: string
-  /** Starts it from this gateway (the lease held, or the store cannot tell). */
-  here: () => Promise<StartOutcome>
+  /** Starts it from this gateway (the lease held, or the store cannot tell); `before` held the lease until now, if another did. */
+  here: (before: string | null) => Promise<GroupStartOutcome>
   /** Another gateway started it: resolves once it serves (supervisord's state read, the port probed). */
   serving: () => Promise<StartOutcome>
   /** Epoch ms past which this gateway stops waiting for another's start. */
@@ -71,13 +71,13 @@ export async function startInGroup (start: GroupStart): Promise<GroupStartOutcom
     const word = listen(group, upstream, index)
     let heard: Heard
     try {
-      const result = await withLease(group.store, name, group.id, group.leaseTtl, start.here)
+      const result = await withLease(group.store, name, group.id, group.leaseTtl, async () => await start.here(owner))
       if (result.acquired) return result.value
       owner = result.owner
       heard = await word.until(name, every, start.deadline, signal)
     } catch (error) {
       // Nobody can tell who starts it: this gateway does (supervisord answers ALREADY_STARTED to a second start).
-      if (error instanceof StoreUnavailableError) return await start.here()
+      if (error instanceof StoreUnavailableError) return await start.here(owner)
       throw error
     } finally {
       word.stop()

@@ -390,10 +390,12 @@ export class Bridge implements SupervisordBridge {
       upstream: pc.peer.upstream,
       index: pc.peer.index,
       program: pc.program,
-      here: async () => {
+      here: async before => {
         const info = await client.getProcessInfo(pc.program).catch(() => undefined)
         const runs = info !== undefined && processStateOf(info) !== 'down' && processStateOf(info) !== 'stopping'
-        return await this.#sendAndServe(client, pc, 'start', signal, runs ? already : undefined)
+        if (!runs) return await this.#sendAndServe(client, pc, 'start', signal)
+        // Started already: by the gateway that held the lease before (its word lost or not here yet), or from outside the group.
+        return { ...await this.#sendAndServe(client, pc, 'start', signal, already), heard: true, ...(before === null ? {} : { by: before }) }
       },
       serving: async () => await this.#sendAndServe(client, pc, 'start', signal, already),
       deadline: Date.now() + this.#settings.callTimeout + this.#settings.readyTimeout + this.#registry.group.leaseTtl,
@@ -481,7 +483,7 @@ export class Bridge implements SupervisordBridge {
       // Held requests are released within this change (or were, when a check passed first).
       peer.setProcess('up', 'started')
       this.#refreshPid(managed, pc)
-      if (told) this.#logStart(managed, pc, asked, failedBefore, outcome.by)
+      if (told) this.#logStart(managed, pc, asked, failedBefore, outcome)
       return
     }
     if (told) {
@@ -507,16 +509,16 @@ export class Bridge implements SupervisordBridge {
    * took and, for a start on demand, how long the longest-held request had
    * waited when it was released.
    */
-  #logStart (managed: Managed, pc: PeerControl, asked: Asked, failedBefore: number, by: string | undefined): void {
+  #logStart (managed: Managed, pc: PeerControl, asked: Asked, failedBefore: number, { heard, by }: GroupStartOutcome): void {
     const ms = Date.now() - asked.since
     const hold = managed.upstream.hold
     const waitedMs = hold.lastReleaseAt !== null && hold.lastReleaseAt >= asked.since ? hold.lastWaitMs : null
     const details: Record<string, unknown> = { upstream: pc.peer.upstream, program: pc.program, command: 'start', why: asked.why, ms }
-    // Started by another gateway of the group: this one only waited for it to serve.
+    // Started by another gateway of the group (or found running): this one only waited for it to serve.
     if (by !== undefined) details.by = by
-    let message = by === undefined
+    let message = heard !== true
       ? `supervisord: started program "${pc.program}" (${asked.why}) in ${ms} ms`
-      : `supervisord: program "${pc.program}" started by gateway ${by} (${asked.why}), serving here in ${ms} ms`
+      : `supervisord: program "${pc.program}" ${by === undefined ? 'found running' : `started by gateway ${by}`} (${asked.why}), serving here in ${ms} ms`
     if (asked.why === 'demand') {
       details.waitedMs = waitedMs
       message += waitedMs === null ? '; no request was held any more' : `; the first held request waited ${waitedMs} ms`

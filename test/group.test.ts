@@ -334,6 +334,24 @@ t.test('starts with a supervisord', { skip: supervisordSkip }, async t => {
     t.equal(counter.calls.filter(call => call === 'supervisor.startProcess').length, 1)
   })
 
+  await t.test('the gateway holding the start lease started the program and died before it said so: the next finds it running, and says whose start it was', async t => {
+    const sv = await supervisordFor(t, { programs: [{ count: 1 }] })
+    const counter = await rpcCounter(t, sv)
+    const backend = new MemoryBackend()
+    const m = await member(t, backend, 'gw-a', { backend: { servers: sv.programs.map(p => p.address), supervisord: { ...sv.option, address: counter.address } } },
+      async app => {
+        await app.register(supervisord, { pollInterval: 0 })
+        await app.register(proxy, { upstream: 'backend', holdTimeout: 10_000 })
+      })
+    await sv.client.startProcess('backend0', true)
+    t.ok(await m.app.upstreams.group.store.acquire(leaseNames.start('backend', 0), 'gw-dead', 300), 'gw-dead holds the lease, its start done')
+    const res = await m.app.inject('/')
+    t.equal(res.statusCode, 200, 'answered once the lease lapsed')
+    t.equal(counter.calls.filter(call => call === 'supervisor.startProcess').length, 0, 'gw-a sent no start: it found the program running')
+    t.notOk(m.logs.some(line => line.msg.startsWith('supervisord: started program')), 'nor logged one as its own')
+    t.ok(m.logs.some(line => line.msg.startsWith('supervisord: program "backend0" started by gateway gw-dead (demand), serving here in ')), 'it names the gateway that held the lease')
+  })
+
   await t.test('the store cannot be reached: the gateway starts the program itself; closing, it stops waiting for another\'s start', async t => {
     const sv = await supervisordFor(t, { programs: [{ count: 1 }] })
     const counter = await rpcCounter(t, sv)
