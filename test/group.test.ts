@@ -318,15 +318,20 @@ t.test('starts with a supervisord', { skip: supervisordSkip }, async t => {
     t.same([await commands(gateways[starter]), await commands(waiter)], [1, NaN], 'the group\'s metrics count the one start once')
   })
 
-  await t.test('the gateway holding the start lease dies: its lease lapses and another starts the program', async t => {
+  /** A supervisord with one program behind a counting proxy, and one gateway of a group over it (no polls: it learns from the group or its own commands). */
+  const oneProgramMember = async (t: Test) => {
     const sv = await supervisordFor(t, { programs: [{ count: 1 }] })
     const counter = await rpcCounter(t, sv)
-    const backend = new MemoryBackend()
-    const m = await member(t, backend, 'gw-a', { backend: { servers: sv.programs.map(p => p.address), supervisord: { ...sv.option, address: counter.address } } },
+    const m = await member(t, new MemoryBackend(), 'gw-a', { backend: { servers: sv.programs.map(p => p.address), supervisord: { ...sv.option, address: counter.address } } },
       async app => {
         await app.register(supervisord, { pollInterval: 0 })
         await app.register(proxy, { upstream: 'backend', holdTimeout: 10_000 })
       })
+    return { sv, counter, m }
+  }
+
+  await t.test('the gateway holding the start lease dies: its lease lapses and another starts the program', async t => {
+    const { counter, m } = await oneProgramMember(t)
     // A gateway took the lease and was killed before it called supervisord.
     t.ok(await m.app.upstreams.group.store.acquire(leaseNames.start('backend', 0), 'gw-dead', 300))
     const res = await m.app.inject('/')
@@ -335,14 +340,7 @@ t.test('starts with a supervisord', { skip: supervisordSkip }, async t => {
   })
 
   await t.test('the gateway holding the start lease started the program and died before it said so: the next finds it running, and says whose start it was', async t => {
-    const sv = await supervisordFor(t, { programs: [{ count: 1 }] })
-    const counter = await rpcCounter(t, sv)
-    const backend = new MemoryBackend()
-    const m = await member(t, backend, 'gw-a', { backend: { servers: sv.programs.map(p => p.address), supervisord: { ...sv.option, address: counter.address } } },
-      async app => {
-        await app.register(supervisord, { pollInterval: 0 })
-        await app.register(proxy, { upstream: 'backend', holdTimeout: 10_000 })
-      })
+    const { sv, counter, m } = await oneProgramMember(t)
     await sv.client.startProcess('backend0', true)
     t.ok(await m.app.upstreams.group.store.acquire(leaseNames.start('backend', 0), 'gw-dead', 300), 'gw-dead holds the lease, its start done')
     const res = await m.app.inject('/')
