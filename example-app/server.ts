@@ -127,6 +127,8 @@ async function worker (): Promise<void> {
   process.on('disconnect', () => { gateway.shutdown().finally(() => process.exit(0)) })
 }
 
-if (workers === 1) await single()
-else if (cluster.isPrimary) await primary()
-else await worker()
+// A gateway that cannot start says why in its log, as one JSON line, and exits 1.
+await (workers === 1 ? single() : cluster.isPrimary ? primary() : worker()).catch((error: Error) => {
+  log('error', { err: { type: error.name, message: error.message, stack: error.stack } }, `the gateway could not start: ${error.message}`)
+  process.exit(1)
+})

@@ -58,10 +58,11 @@ async function npmStart (t: Test, env: Record<string, string>): Promise<Started>
       if (line.startsWith('{')) lines.push(JSON.parse(line))
     }
   })
-  child.stderr?.resume()
+  let stderr = ''
+  child.stderr?.on('data', (chunk: Buffer) => { stderr = (stderr + chunk.toString()).slice(-4000) })
   const ready = await until(() => lines.some(l => l.msg === 'gateway ready') || child.exitCode !== null, 60_000)
   const line = lines.find(l => l.msg === 'gateway ready')
-  if (!ready || line === undefined) throw new Error(`npm start did not get ready: ${JSON.stringify(lines)}`)
+  if (!ready || line === undefined) throw new Error(`npm start did not get ready: ${JSON.stringify(lines)}\n${stderr}`)
   return {
     child,
     lines,
