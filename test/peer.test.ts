@@ -1,7 +1,7 @@
 import t from 'tap'
 import { Registry } from '../lib/registry.js'
 import type { UpstreamOptions } from '../lib/upstream.js'
-import type { CheckResult, Peer, PeerChange } from '../lib/peer.js'
+import { CHECK_OUTCOMES, FAILURE_KINDS, STATUS_CLASSES, checkOutcome, statusClassIndex, type CheckResult, type Peer, type PeerChange } from '../lib/peer.js'
 import { until } from './helpers/wait.js'
 
 // The peer's own rules, read through the registry that owns it: what makes it
@@ -259,4 +259,101 @@ t.test('an operator clears a passive failure at once and with no probation; disp
   await new Promise(resolve => setTimeout(resolve, 150))
   t.equal(other.passive, 'failed', 'no timer ended it')
   t.equal(otherChanges.length, 1)
+})
+
+t.test('status classes as HAProxy counts them: 1xx to 5xx, anything else "other"', async t => {
+  const cases: Array<[number, string]> = [[100, '1xx'], [199, '1xx'], [200, '2xx'], [302, '3xx'], [404, '4xx'], [499, '4xx'], [500, '5xx'], [599, '5xx'], [99, 'other'], [0, 'other'], [600, 'other'], [700, 'other']]
+  for (const [status, name] of cases) t.equal(STATUS_CLASSES[statusClassIndex(status)], name, `${status} is ${name}`)
+})
+
+t.test('a check\'s outcome is one of a bounded set of words', async t => {
+  t.equal(checkOutcome({ ok: true, reason: 'bad status 500' }), 'ok', 'a passed check is ok, whatever its reason says')
+  t.equal(checkOutcome({ ok: false, reason: 'bad status 503' }), 'bad status', 'the status is not a word of its own')
+  t.equal(checkOutcome({ ok: false, reason: 'got bad status' }), 'error', 'only a reason that starts with it')
+  for (const word of CHECK_OUTCOMES.filter(word => word !== 'ok')) t.equal(checkOutcome({ ok: false, reason: word }), word)
+  t.equal(checkOutcome({ ok: false, reason: 'EHOSTUNREACH' }), 'error', 'any other reason')
+})
+
+t.test('answers, failures by kind, retries and redispatches are counted on the peer', async t => {
+  const { peer } = peerWith({ maxFails: 0 })
+  t.same(peer.responses, [0, 0, 0, 0, 0, 0])
+  peer.recordResponse(200, 0.002)
+  peer.recordResponse(204, 0.004)
+  peer.recordResponse(503, 1.5)
+  t.same(peer.responses, [0, 2, 0, 0, 1, 0], 'by status class')
+  t.same([peer.responseTime.count, peer.responseTime.sum], [3, 1.506], 'response times in seconds')
+  t.same(peer.failuresByKind, { connect: 0, timeout: 0, response: 0, status: 0, other: 0 })
+  peer.recordFailure('ECONNREFUSED', 1, 'connect')
+  peer.recordFailure('timed out', 2, 'timeout')
+  peer.recordFailure('bad', 3, 'response')
+  peer.recordFailure('http_503', 4, 'status')
+  peer.recordFailure('why not', 5)
+  peer.recordFailure('client', 6, 'client' as never)
+  t.same(peer.failuresByKind, { connect: 1, timeout: 1, response: 1, status: 1, other: 2 }, 'no kind, or one that is not a peer\'s: other')
+  t.same(FAILURE_KINDS, Object.keys(peer.failuresByKind), 'every kind is listed')
+  peer.recordRetry()
+  peer.recordRetry()
+  peer.recordRedispatch()
+  t.same([peer.retries, peer.redispatches], [2, 1])
+})
+
+t.test('checks: counted by outcome, timed in seconds, the last `history` kept', async t => {
+  const { peer } = peerWith()
+  peer.recordCheck({ ok: true, reason: 'OK', latencyMs: 2, at: 1 }, 2)
+  peer.recordCheck({ ok: false, reason: 'bad status 500', latencyMs: 4, at: 2 }, 2)
+  t.same(peer.checks.map(c => c.at), [1, 2], 'history of 2: both kept')
+  peer.recordCheck({ ok: false, reason: 'bad status 502', latencyMs: 6, at: 3 }, 2)
+  t.same(peer.checks.map(c => c.at), [2, 3], 'the oldest goes')
+  t.equal(peer.lastCheck?.at, 3)
+  t.same([...peer.checkOutcomes], [['ok', 1], ['bad status', 2]])
+  t.same([peer.checkDuration.count, Math.round(peer.checkDuration.sum * 1000)], [3, 12], 'latencies in seconds')
+  t.same([peer.rise, peer.fall], [0, 2])
+})
+
+t.test('maxConns: full at its cap, and a slot freed from the cap is announced to the upstream', async t => {
+  const { upstream } = upstreamWith({ servers: [{ address: '127.0.0.1:1', maxConns: 2 }, '127.0.0.1:2'] })
+  const [capped, open] = upstream.peers
+  const freed: number[] = []
+  upstream.onSlotFree(peer => freed.push(peer.index))
+  capped.acquire()
+  t.notOk(capped.full, 'one of two')
+  capped.acquire()
+  t.ok(capped.full, 'two of two')
+  capped.release()
+  t.notOk(capped.full)
+  t.same(freed, [0], 'from the cap: announced')
+  capped.release()
+  t.same(freed, [0], 'below the cap: not again')
+  for (let i = 0; i < 5; i++) open.acquire()
+  t.notOk(open.full, 'no maxConns: never full')
+  for (let i = 0; i < 5; i++) open.release()
+  t.same(freed, [0], 'and never announced')
+})
+
+t.test('the peer\'s names: its upstream, its program once a bridge assigns one, why its process changed', async t => {
+  const { peer } = peerWith()
+  t.equal(peer.upstream, 'u')
+  t.equal(peer.program, null)
+  peer.assignProgram('backend0')
+  t.equal(peer.program, 'backend0')
+  t.equal(peer.processReason, undefined)
+  peer.setProcess('down', 'supervisord says EXITED')
+  t.equal(peer.processReason, 'supervisord says EXITED')
+})
+
+t.test('a response within failTimeout of a failure does not start the count again; a failure long after the peer came back still finds it on probation', async t => {
+  const { peer } = peerWith({ maxFails: 2, failTimeout: 100 }, ['127.0.0.1:2'])
+  peer.recordFailure('x', 1000)
+  peer.recordSuccess(1050)
+  peer.recordFailure('x', 1060)
+  t.equal(peer.passive, 'failed', 'two failures within failTimeout, a response between them')
+  t.ok(await until(() => peer.passive === 'ok', 2000))
+  peer.recordFailure('x', 5000)
+  t.equal(peer.passive, 'failed', 'no response since it came back: one failure takes it out, however late')
+  peer.clearPassive('test')
+})
+
+t.test('an IPv6 server\'s address is bracketed', async t => {
+  const { upstream } = upstreamWith({ servers: ['[::1]:8080', 'http://[2001:db8::5]:81'] })
+  t.same(upstream.peers.map(peer => [peer.address, peer.origin]), [['[::1]:8080', 'http://[::1]:8080'], ['[2001:db8::5]:81', 'http://[2001:db8::5]:81']])
 })
