@@ -126,13 +126,14 @@ async function singleFlight (t: Test, stores: Store[]): Promise<void> {
   const task = async (): Promise<string> => {
     running++
     most = Math.max(most, running)
-    await sleep(600) // three ttls: renewals keep the lease
+    await sleep(3000) // three ttls: renewals keep the lease
     running--
     return 'started'
   }
-  const all = Promise.all(stores.map(async (store, i) => await withLease(store, 'start:backend0', `gw-${i}`, 200, task)))
-  await sleep(400)
-  t.notOk(await stores[1].acquire('start:backend0', 'late', 200), 'a late comer finds it held past its first ttl')
+  // A ttl of a second, renewed every third of it: wide enough that a loaded machine's late timers do not let it lapse.
+  const all = Promise.all(stores.map(async (store, i) => await withLease(store, 'start:backend0', `gw-${i}`, 1000, task)))
+  await sleep(2000)
+  t.notOk(await stores[1].acquire('start:backend0', 'late', 1000), 'a late comer finds it held past its first ttl')
   const results = await all
   const winners = results.filter(result => result.acquired)
   t.equal(winners.length, 1, 'one ran the task')
