@@ -119,3 +119,39 @@ t.test('failure log: the first line at once, then one line per key per window wi
   await sleep(120)
   t.equal(lines.length, 4, 'and stops the timers')
 })
+
+t.test('whose fault, the rest of the codes: every timeout, every malformed answer, every refused request, every closing word', async t => {
+  for (const code of ['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']) t.match(faultOf(coded(code), SENT), { party: 'peer', kind: 'timeout' }, code)
+  for (const code of ['UND_ERR_HEADERS_OVERFLOW', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH', 'UND_ERR_RES_EXCEEDED_MAX_SIZE', 'FST_SUPERVISORD_MALFORMED_RESPONSE']) {
+    t.match(faultOf(coded(code), SENT), { party: 'peer', kind: 'response', reason: `${code}: ${code}` }, code)
+  }
+  t.match(faultOf(coded('UND_ERR_SOCKET', 'bad upgrade'), SENT), { party: 'peer', kind: 'response' }, 'bad upgrade')
+  for (const code of ['UND_ERR_INVALID_ARG', 'UND_ERR_NOT_SUPPORTED', 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH']) {
+    t.match(faultOf(coded(code), NOT_SENT), { party: 'client', kind: 'request' }, `${code} before a byte was sent: the client's request`)
+    t.match(faultOf(coded(code), SENT), { party: 'peer', kind: 'connect' }, `${code} once it was being sent: not the client's`)
+  }
+  for (const code of ['UND_ERR_DESTROYED', 'UND_ERR_CLOSED']) t.match(faultOf(coded(code), SENT), { party: 'nobody', kind: 'closing' }, code)
+  t.match(faultOf(coded('ECONNRESET'), ANSWERED), { party: 'peer', kind: 'response', reason: 'truncated response: ECONNRESET: ECONNRESET' }, 'cut after the head: a truncated response')
+  t.match(faultOf(coded('ECONNRESET', 'aborted'), { ...SENT, clientBodyFailed: true }), { reason: 'the client\'s body failed: ECONNRESET: aborted' })
+  t.match(faultOf(503, { ...ANSWERED, peerLeaving: true }), { party: 'nobody' }, 'a peer being stopped: nothing is held against it')
+  t.match(faultOf(new ClientGoneError(), { ...SENT, peerLeaving: true }), { party: 'client' }, 'and the client\'s own faults stay the client\'s')
+  for (const status of [403, 404]) t.match(faultOf(status, ANSWERED), { party: 'nobody', kind: 'status', reason: `status ${status}` }, `${status}: passed on, never the peer's fault`)
+  for (const status of [429, 500, 502, 504]) t.match(faultOf(status, ANSWERED), { party: 'peer', kind: 'status' }, `${status}`)
+})
+
+t.test('nextUpstream: each of nginx\'s words, read as nginx reads them', async t => {
+  const read = nextUpstreamOf(['http_502', 'http_429', 'non_idempotent'])
+  t.same([...read.statuses].sort(), [429, 502])
+  t.same([read.error, read.timeout, read.invalidHeader, read.nonIdempotent, read.off], [false, false, false, true, false])
+  t.same(nextUpstreamOf(DEFAULT_NEXT_UPSTREAM), { error: true, timeout: true, invalidHeader: true, statuses: new Set(), nonIdempotent: false, off: false }, 'the default: error timeout invalid_header')
+  t.ok(nextUpstreamOf(['off']).off)
+  const facts = { sent: true, method: 'GET', bodyKept: true, bodyIntact: true }
+  const kinds = ['connect', 'timeout', 'response', 'status', 'rescue', 'request', 'gone', 'closing'] as const
+  const allowed = (words: Parameters<typeof nextUpstreamOf>[0]): string[] => kinds.filter(kind => retry({ party: 'peer', kind, reason: '' }, facts, nextUpstreamOf(words)))
+  t.same(allowed(['error']), ['connect', 'status', 'rescue'], 'error: a failed connection (and a listed status or a rescue, always)')
+  t.same(allowed(['timeout']), ['timeout', 'status', 'rescue'], 'timeout')
+  t.same(allowed(['invalid_header']), ['response', 'status', 'rescue'], 'invalid_header')
+  t.same(allowed(['error', 'timeout', 'invalid_header', 'off']), [], 'off: nothing goes on, whatever else is listed')
+  t.ok(retry({ party: 'peer', kind: 'connect', reason: '' }, { ...facts, method: 'POST' }, nextUpstreamOf(['error', 'non_idempotent'])), 'non_idempotent: a sent POST may go on')
+  t.notOk(retry({ party: 'peer', kind: 'connect', reason: '' }, { ...facts, method: 'POST', bodyKept: false }, nextUpstreamOf(['error', 'non_idempotent'])), 'but not with its body streamed')
+})
