@@ -155,3 +155,13 @@ t.test('nextUpstream: each of nginx\'s words, read as nginx reads them', async t
   t.ok(retry({ party: 'peer', kind: 'connect', reason: '' }, { ...facts, method: 'POST' }, nextUpstreamOf(['error', 'non_idempotent'])), 'non_idempotent: a sent POST may go on')
   t.notOk(retry({ party: 'peer', kind: 'connect', reason: '' }, { ...facts, method: 'POST', bodyKept: false }, nextUpstreamOf(['error', 'non_idempotent'])), 'but not with its body streamed')
 })
+
+t.test('what clients see, at the edges: a 4xx of any code passes, an error without a code gets the upstream\'s, a status is kept', async t => {
+  const notFound = Object.assign(new Error('no route /x on 10.0.0.5'), { code: 'SOME_CODE', statusCode: 404 })
+  t.equal(forClient(notFound, 'api', false), notFound, 'a 4xx passes whatever its code')
+  const bare = forClient(new Error('ENOENT /etc/secret'), 'api', false) as Error & { code: string }
+  t.equal(bare.code, 'FST_SUPERVISORD_UPSTREAM_FAILED', 'no code of its own: the upstream\'s failure')
+  const unavailable = forClient(Object.assign(new Error('at 10.0.0.5'), { code: 'PRIVATE', statusCode: 503 }), 'api', false) as Error & { code: string, statusCode: number }
+  t.match(unavailable, { code: 'PRIVATE', statusCode: 503, message: /^Upstream "api" could not serve/ }, 'its code and status kept, its message not')
+  t.match(faultOf(coded('HPE_INVALID_CONSTANT'), SENT), { party: 'peer', kind: 'response', reason: 'HPE_INVALID_CONSTANT: HPE_INVALID_CONSTANT' }, 'a parser code before any head: a malformed response, not a cut one')
+})
