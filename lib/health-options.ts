@@ -1,5 +1,5 @@
 import { DEFAULT_MAX_BODY, DEFAULT_PROBE_TIMEOUT, DEFAULT_STATUS, type ExpectedStatus, type ProbeOptions } from './health-probe.js'
-import { optionKeys, booleanOption, durationOption, numberOption, objectOption, oneOfOption, optionError, showValue, stringOption } from './options.js'
+import { HTTP_TOKEN, optionKeys, booleanOption, durationOption, numberOption, objectOption, oneOfOption, optionError, showValue, stringOption } from './options.js'
 
 /** An upstream's `healthCheck` section: active checks of each of its peers. */
 export interface HealthCheckOptions {
@@ -78,7 +78,6 @@ const CHECK_OPTIONS = optionKeys<HealthCheckOptions>()('interval', 'jitter', 'ti
   'headers', 'status', 'body', 'maxBody', 'keepAlive', 'initialState')
 const HTTP_ONLY = ['method', 'path', 'headers', 'status', 'body', 'maxBody', 'keepAlive'] as const satisfies ReadonlyArray<keyof HealthCheckOptions>
 export const PLUGIN_OPTIONS = optionKeys<HealthPluginOptions>()('history', 'shareChecks')
-const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
 // Control characters are exactly what these two refuse.
 // eslint-disable-next-line no-control-regex
 const PATH = /^(?:\/[^\s\x00-\x1f\x7f]*|\*)$/
@@ -106,7 +105,7 @@ export function healthSettings (value: unknown, where: string): HealthSettings {
     return { ...settings, probe: { type, timeout } }
   }
   const method = stringOption(options.method, 'GET', where, 'healthCheck.method')
-  if (!TOKEN.test(method)) throw optionError(where, `option "healthCheck.method" must be an HTTP method such as "GET", got ${showValue(method)}`)
+  if (!HTTP_TOKEN.test(method)) throw optionError(where, `option "healthCheck.method" must be an HTTP method such as "GET", got ${showValue(method)}`)
   const path = stringOption(options.path, '/', where, 'healthCheck.path')
   if (!PATH.test(path)) throw optionError(where, `option "healthCheck.path" must start with "/" and hold no spaces or control characters, got ${showValue(path)}`)
   return {
@@ -132,7 +131,7 @@ function headersOption (value: unknown, where: string): Record<string, string> {
   }
   const headers: Record<string, string> = {}
   for (const [name, header] of Object.entries(value)) {
-    if (!TOKEN.test(name)) throw optionError(where, `option "healthCheck.headers" has an invalid header name ${showValue(name)}`)
+    if (!HTTP_TOKEN.test(name)) throw optionError(where, `option "healthCheck.headers" has an invalid header name ${showValue(name)}`)
     if (RESERVED_HEADERS.includes(name.toLowerCase())) {
       throw optionError(where, `option "healthCheck.headers" may not set "${name}" (the checker sends no body, and Connection: close unless keepAlive is set)`)
     }

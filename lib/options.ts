@@ -99,3 +99,6 @@ export function optionKeys<T extends object> () {
     ...keys: K & ([Exclude<keyof T, K[number]>] extends [never] ? unknown : { missing: Exclude<keyof T, K[number]> })
   ): readonly string[] => keys
 }
+
+/** An HTTP token (RFC 9110 §5.6.2): a method, a header name, a WebSocket subprotocol. */
+export const HTTP_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/

@@ -4,7 +4,7 @@ import type { FastifyReplyFromHooks } from '@fastify/reply-from'
 import type { ClientOptions, RawData, ServerOptions, WebSocket } from 'ws'
 import { DEFAULT_NEXT_UPSTREAM, NEXT_UPSTREAM_WORDS, nextUpstreamOf, type NextUpstreamWord } from './fault.js'
 import {
-  optionKeys, booleanOption, durationOption, numberOption, objectOption, optionError, rejectUnknownOptions, showValue, stringOption
+  HTTP_TOKEN, optionKeys, booleanOption, durationOption, numberOption, objectOption, optionError, rejectUnknownOptions, showValue, stringOption
 } from './options.js'
 
 /** The @fastify/reply-from options a proxy passes on to every reply.from() call. */
@@ -150,7 +150,6 @@ const BREAKS_REPLY: Record<string, string> = {
 }
 
 /** RFC 9110 §5.6.2: what a field name is made of. */
-const HTTP_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 
 function refuse (options: object, reasons: Record<string, string>, where: string, section?: string): void {
   for (const key of Object.keys(options)) {

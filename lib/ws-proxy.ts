@@ -8,6 +8,7 @@ import type { Peer, PeerChange } from './peer.js'
 import type { BalancedProxy } from './balanced-proxy.js'
 import type { Abandonable, Exchange } from './proxy-attempt.js'
 import type { ProxyOptions, ProxySettings, WebSocketHooks } from './proxy-options.js'
+import { HTTP_TOKEN } from './options.js'
 import { faultOf, type Fault } from './fault.js'
 import { leaving } from './proxy-dispatcher.js'
 import { errorFor } from './proxy-errors.js'
@@ -145,7 +146,8 @@ class Session implements Abandonable {
     const request = exchange.request
     if (exchange.startedAt === 0) exchange.startedAt = Date.now()
     const url = `${peer.origin.replace(/^http/, 'ws')}${this.#dest}${proxy.queryOf(request)}`
-    const target = new WebSocket(url, proxy.protocolsOf(request), {
+    // Checked in handle(): a protocol that is not a token never reaches here.
+    const target = new WebSocket(url, proxy.protocolsOf(request) ?? [], {
       maxPayload: MAX_PAYLOAD,
       ...proxy.clientOptions,
       ...(peer.scheme === 'https' ? wsTlsOptions(peer.host, exchange.site.upstream.tls) : {}),
@@ -355,7 +357,7 @@ export class WebSocketProxy {
     const { request, reply } = exchange
     const key = request.headers['sec-websocket-key']
     const version = request.headers['sec-websocket-version']
-    if (request.method !== 'GET' || typeof key !== 'string' || !KEY.test(key) || (version !== '13' && version !== '8')) {
+    if (request.method !== 'GET' || typeof key !== 'string' || !KEY.test(key) || (version !== '13' && version !== '8') || this.protocolsOf(request) === null) {
       reply.send(new BadRequestError(exchange.site.upstream.name, 'not a valid WebSocket handshake'))
       return
     }
@@ -460,10 +462,12 @@ export class WebSocketProxy {
   }
 
   /** The subprotocols the client offered, passed on for the peer to choose. */
-  protocolsOf (request: FastifyRequest): string[] {
+  /** The client's subprotocols, each an HTTP token (RFC 6455 §4.1), or null when one is not: the client's bad handshake, refused before a peer is taken. */
+  protocolsOf (request: FastifyRequest): string[] | null {
     const header = request.headers['sec-websocket-protocol']
     if (header === undefined) return []
-    return [...new Set(header.split(',').map(protocol => protocol.trim()).filter(Boolean))]
+    const protocols = [...new Set(header.split(',').map(protocol => protocol.trim()).filter(Boolean))]
+    return protocols.every(protocol => HTTP_TOKEN.test(protocol)) ? protocols : null
   }
 
   /**

@@ -256,7 +256,11 @@ t.test('a bad handshake is 400 and reaches no peer; a plain request with Upgrade
   const port = Number(new URL(await listening(app)).port)
   const bad = await raw(port, 'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n')
   t.match(bad, /^HTTP\/1\.1 400/)
+  const handshake = 'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n'
+  const badProtocol = await raw(port, `${handshake}Sec-WebSocket-Protocol: chat, not a token\r\n\r\n`)
+  t.match(badProtocol, /^HTTP\/1\.1 400/, 'a subprotocol that is not a token: the client\'s bad handshake, not a 500')
   t.equal(backend.connections, 0)
+  t.same(app.upstreams.get('b').peers.map(peer => [peer.inflight, peer.fails]), [[0, 0]], 'no slot taken, nothing charged')
   const h2c = await raw(port, 'GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n')
   t.match(h2c, /^HTTP\/1\.1 426/, 'answered by the backend over plain HTTP, its Upgrade header dropped')
 })
