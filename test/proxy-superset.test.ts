@@ -5,7 +5,7 @@ import { request } from 'undici'
 import registry from '../plugins/registry.js'
 import proxy from '../plugins/proxy.js'
 import { backendFor, backendsFor, whoAmI, type BackendHandler } from './helpers/backends.js'
-import { gateway, listening } from './helpers/gateway.js'
+import { gateway, listening, onDemandGateway } from './helpers/gateway.js'
 import { until } from './helpers/wait.js'
 
 // What @fastify/http-proxy and nginx's proxy module do, on the balancing
@@ -46,7 +46,7 @@ t.test('hooks run before the pick: a request refused in preHandler or onRequest 
   const backend = await backendFor(t, echo)
   const order: string[] = []
   let peerInPreHandler: unknown = 'unset'
-  const app = await gateway({ b: { servers: [{ address: backend.address, down: true }] } }, {
+  const { app, upstream, demands } = await onDemandGateway(t, [{ address: backend.address, down: true }], {
     onRequest: async () => { order.push('onRequest') },
     preValidation: async () => { order.push('preValidation') },
     preHandler: async (request, reply) => {
@@ -61,24 +61,17 @@ t.test('hooks run before the pick: a request refused in preHandler or onRequest 
     },
     onResponse: async () => { order.push('onResponse') }
   })
-  t.teardown(() => app.close())
-  const upstream = app.upstreams.get('b')
-  upstream.startOnDemand()
-  let demands = 0
-  app.upstreams.on('demand', () => {
-    demands++
-    upstream.peers[0].setProcess('up')
-  })
+  app.upstreams.on('demand', () => upstream.peers[0].setProcess('up'))
   const refused = await app.inject('/')
   t.equal(refused.statusCode, 401)
-  t.equal(demands, 0, 'a refused request started nothing')
+  t.equal(demands(), 0, 'a refused request started nothing')
   t.equal(backend.hits, 0)
   t.equal(peerInPreHandler, null, 'no peer is picked yet in preHandler')
   order.length = 0
   const served = await app.inject({ url: '/', headers: { authorization: 'Bearer ok' } })
   t.equal(served.statusCode, 200)
   t.equal(served.headers['x-on-send'], 'yes')
-  t.equal(demands, 1, 'the accepted one asked for a start')
+  t.equal(demands(), 1, 'the accepted one asked for a start')
   t.ok(await until(() => order.includes('onResponse')))
   t.same(order, ['onRequest', 'preValidation', 'preHandler', 'onSend', 'onResponse'])
 })

@@ -3,7 +3,7 @@ import net from 'node:net'
 import t from 'tap'
 import WebSocket from 'ws'
 import { freePort, silentServer, tcpServer } from './helpers/backends.js'
-import { gateway, listening, loggerInto } from './helpers/gateway.js'
+import { gateway, listening, loggerInto, onDemandGateway } from './helpers/gateway.js'
 import { handshake, wsBackendFor, wsBackendProcess, wsClient } from './helpers/ws.js'
 import { until } from './helpers/wait.js'
 import { closeReason, safeClose } from '../lib/ws-proxy.js'
@@ -93,14 +93,8 @@ t.test('a peer that answers the handshake over plain HTTP: a nextUpstream status
 
 t.test('a handshake is held while a peer is started, and sent once it is up', async t => {
   const backend = await wsBackendFor(t, 0)
-  const app = await gateway({ b: { servers: [{ address: backend.address, down: true }] } }, { websocket: true })
-  t.teardown(() => app.close())
-  const base = await listening(app)
-  const upstream = app.upstreams.get('b')
-  upstream.startOnDemand()
-  let demands = 0
+  const { app, upstream, base, demands } = await onDemandGateway(t, [{ address: backend.address, down: true }], { websocket: true })
   app.upstreams.on('demand', () => {
-    demands++
     upstream.peers[0].setProcess('starting')
     setTimeout(() => upstream.peers[0].setProcess('up'), 150)
   })
@@ -108,7 +102,7 @@ t.test('a handshake is held while a peer is started, and sent once it is up', as
   const client = await wsClient(t, wsUrl(base))
   t.ok(Date.now() - started >= 140, 'the client waited for the start')
   t.match(JSON.parse(await client.next()), { backend: 0 })
-  t.equal(demands, 1)
+  t.equal(demands(), 1)
   t.equal(upstream.peers[0].inflight, 1)
 })
 
