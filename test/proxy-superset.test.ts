@@ -5,7 +5,7 @@ import { request } from 'undici'
 import registry from '../plugins/registry.js'
 import proxy from '../plugins/proxy.js'
 import { backendFor, backendsFor, whoAmI, type BackendHandler } from './helpers/backends.js'
-import { gateway, listening, onDemandGateway } from './helpers/gateway.js'
+import { gateway, listening, loggerInto, onDemandGateway } from './helpers/gateway.js'
 import { until } from './helpers/wait.js'
 
 // What @fastify/http-proxy and nginx's proxy module do, on the balancing
@@ -412,4 +412,16 @@ t.test('virtual hosts: exact names, leading and trailing wildcards, regular expr
   t.equal(unknown.statusCode, 404)
   t.equal(unknown.json().code, 'FST_SUPERVISORD_UNKNOWN_HOST')
   t.equal(backends.reduce((sum, b) => sum + b.hits, 0), cases.length, 'each request reached one backend, the unknown host none')
+})
+
+t.test('virtual hosts: each answer is counted on, and logged with, the upstream its Host chose', async t => {
+  const [shop, blog] = await backendsFor(t, 2, echo)
+  const lines: Array<Record<string, unknown>> = []
+  const app = await gateway({ shop: { servers: [shop.address] }, blog: { servers: [blog.address] } },
+    { upstream: 'shop', hosts: { 'blog.example.com': 'blog' } }, { logger: loggerInto(lines) })
+  t.teardown(() => app.close())
+  for (const host of ['blog.example.com', 'blog.example.com', 'other.example.com']) t.equal((await app.inject({ url: '/', headers: { host } })).statusCode, 200)
+  t.same([app.upstreams.get('blog').answers[1], app.upstreams.get('shop').answers[1]], [2, 1], '2xx by upstream: blog twice, the default once')
+  const done = lines.filter(line => line.msg === 'request completed')
+  t.same(done.map(line => [line.upstream, line.peer]), [['blog', blog.address], ['blog', blog.address], ['shop', shop.address]], 'the access line names the upstream and peer that served')
 })
