@@ -146,6 +146,26 @@ t.test('snapshot: the request rate, since the oldest read within the last minute
   t.equal(rate(t0 + 200_000), null, 'every read over a minute old: no rate')
 })
 
+t.test('time in state: a backup leaves standby when the last serving primary goes, from that moment; a primary\'s change leaves the other primary alone', async t => {
+  const app = await build(t)
+  const { activity } = app.upstreams
+  const [first, second, backup] = app.upstreams.get('backend').peers
+  const pause = async (): Promise<void> => await new Promise(resolve => setTimeout(resolve, 30))
+  t.strictSame([first, second, backup].map(peer => activity.state(peer).state), ['serving', 'serving', 'backup-standby'])
+  await pause()
+  first.setHealth('unhealthy', 'check failed')
+  await pause()
+  t.strictSame(activity.state(second), { state: 'serving', since: activity.startedAt }, 'the other primary serves on, since the start')
+  t.strictSame(activity.state(backup), { state: 'backup-standby', since: activity.startedAt }, 'one primary still serves: the backup stands by')
+  const before = Date.now()
+  second.setHealth('unhealthy', 'check failed')
+  const after = Date.now()
+  await pause()
+  const { state, since } = activity.state(backup)
+  t.equal(state, 'serving')
+  t.ok(since >= before && since <= after, `serving since the last primary went (${since - before} ms after), not since the page looked`)
+})
+
 t.test('snapshot: the history shown is bounded to the most recent checks', async t => {
   const app = await build(t)
   const peer = app.upstreams.get('plain').peers[0]
