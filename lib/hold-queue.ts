@@ -52,8 +52,6 @@ export class HoldQueue {
     this.#options = options
   }
 
-  get size (): number { return this.#held.length }
-
   /**
    * Waits for a routable peer for this request; the peer is picked and
    * acquired when it resolves. Rejects at once when no peer can become
@@ -79,8 +77,8 @@ export class HoldQueue {
       this.#listen()
       this.#schedule()
       // Also when a peer runs but is out: whoever starts peers may find it dead.
+      // A starter that brings one up at once is heard by the listener above.
       this.#demand()
-      if (this.#upstream.routable) this.#settle()
     })
   }
 
@@ -112,8 +110,9 @@ export class HoldQueue {
   }
 
   #settle (): void {
-    if (this.#upstream.routable) this.#release()
-    if (this.#held.length === 0) return this.#idle()
+    // Each held request gets its own pick: none while no peer is routable.
+    this.#release()
+    if (this.#held.length === 0) return
     const outlook = this.#upstream.startOutlook()
     switch (outlook.state) {
       case 'startable':
@@ -156,6 +155,7 @@ export class HoldQueue {
       peer.acquire()
       next.resolve(peer)
     }
+    if (this.#held.length === 0) this.#idle()
   }
 
   #failAll (error: Error): void {
