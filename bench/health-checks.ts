@@ -10,7 +10,9 @@ import registry from '../plugins/registry.js'
 import health from '../plugins/health.js'
 import proxy from '../plugins/proxy.js'
 import { startBackendProcess } from './backends-process.js'
-import { median, runLoad } from './load.js'
+import { median, ms, runLoad } from './load.js'
+import { Children } from './children.js'
+import { OPEN_LOOP_SCRIPT, openLoopBound, type OpenLoopJob, type OpenLoopResult } from './open-loop.js'
 
 /** The figures asked for: 1000 peers every second (the targets), and 5000 every 5 s. */
 const SCENARIOS = [{ peers: 1000, interval: 1000 }, { peers: 5000, interval: 5000 }]
@@ -18,6 +20,14 @@ const SCENARIOS = [{ peers: 1000, interval: 1000 }, { peers: 5000, interval: 500
 const MODES = [{ name: 'close', keepAlive: false }, { name: 'keepAlive', keepAlive: true }]
 const PROXY_ROUNDS = 3
 const LOAD = { connections: 8, warmupMs: 500, ms: 3000, maxRequests: 1_000_000 }
+/**
+ * The open-loop rounds: requests at a fixed share of the capacity the
+ * closed-loop rounds measured idle. A closed loop at saturation turns any
+ * CPU the checks take into latency for every request; at a fixed rate
+ * below capacity, p99 and max show what a client meets while checks run.
+ */
+const OPEN_SHARE = 0.5
+const OPEN_LOOP = { seconds: 4, warmupSeconds: 1, connections: 50, maxOutstanding: 1000, graceMs: 2000 }
 
 /** Open files allowed per process; each peer costs a listener in the child and a socket here. */
 function fileLimit (): number {
@@ -111,15 +121,29 @@ interface Figures {
   /** p99 of this process's event-loop delay under the proxy's load, ms (medians of the rounds). */
   loopIdle: number
   loopChecking: number
+  /** The open-loop rounds' rate (req/s), and their p99 and max (ms, medians of the rounds) idle and checking. */
+  openRate: number
+  openIdle: { p99: number, max: number }
+  openChecking: { p99: number, max: number }
+  /** Per open-loop round: p99 checking / idle. */
+  openRatios: number[]
+  /** Requests the open-loop rounds lost (failed, dropped, unanswered), all rounds. */
+  openLost: number
 }
 
 /** The proxy's p99 under a bounded load, and the p99 of the event-loop delay the requests met meanwhile. */
-async function proxyRound (url: string): Promise<{ p99: number, loop: number }> {
+async function proxyRound (url: string): Promise<{ p99: number, loop: number, rps: number }> {
   const delay = monitorEventLoopDelay({ resolution: 1 })
   delay.enable()
-  const { p99 } = await runLoad({ url, ...LOAD })
+  const { p99, rps } = await runLoad({ url, ...LOAD })
   delay.disable()
-  return { p99, loop: delay.percentile(99) / 1e6 }
+  return { p99, loop: delay.percentile(99) / 1e6, rps }
+}
+
+/** An open-loop round at `rate` from a generator process of its own. */
+async function openRound (children: Children, url: string, rate: number): Promise<OpenLoopResult> {
+  const job: OpenLoopJob = { url, rate, ...OPEN_LOOP }
+  return await children.answer<OpenLoopResult>('open-loop generator', OPEN_LOOP_SCRIPT, [JSON.stringify(job)], openLoopBound(job))
 }
 
 const quantile = (sorted: number[], q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))] ?? NaN
@@ -145,7 +169,8 @@ async function gateway ({ ports, served, interval, mode }: GatewayJob): Promise<
 }
 
 async function inGatewayProcess (job: GatewayJob): Promise<Figures> {
-  const child = fork(new URL(import.meta.url), ['gateway'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  // 'advanced' keeps what JSON cannot (Infinity: a p99 of requests lost)
+  const child = fork(new URL(import.meta.url), ['gateway'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' })
   try {
     return await new Promise<Figures>((resolve, reject) => {
       child.once('message', message => resolve(message as Figures))
@@ -172,8 +197,8 @@ async function measure (ports: number[], interval: number, mode: typeof MODES[nu
   const latencies = results.map(check => check.latencyMs).sort((a, b) => a - b)
 
   // The proxy's p99 checking and idle, alternated (checking, idle, checking...) so drift hits both alike.
-  const idle: Array<{ p99: number, loop: number }> = []
-  const checking: Array<{ p99: number, loop: number }> = []
+  const idle: Array<{ p99: number, loop: number, rps: number }> = []
+  const checking: Array<{ p99: number, loop: number, rps: number }> = []
   for (let round = 0; round < PROXY_ROUNDS; round++) {
     if (round > 0) {
       app = await checker(ports, interval, mode.keepAlive)
@@ -183,6 +208,23 @@ async function measure (ports: number[], interval: number, mode: typeof MODES[nu
     await app.close()
     idle.push(await proxyRound(proxyUrl))
   }
+  // The same alternation at a fixed rate, below the capacity measured idle.
+  const openRate = Math.round(OPEN_SHARE * median(idle.map(round => round.rps)))
+  const openIdle: OpenLoopResult[] = []
+  const openChecking: OpenLoopResult[] = []
+  const children = new Children()
+  try {
+    for (let round = 0; round < PROXY_ROUNDS; round++) {
+      app = await checker(ports, interval, mode.keepAlive)
+      await sleep(warmup)
+      openChecking.push(await openRound(children, proxyUrl, openRate))
+      await app.close()
+      openIdle.push(await openRound(children, proxyUrl, openRate))
+    }
+  } finally {
+    await children.stopAll()
+  }
+  const tail = (rounds: OpenLoopResult[]): { p99: number, max: number } => ({ p99: median(rounds.map(r => r.p99)), max: median(rounds.map(r => r.max)) })
   const floor = (await cpuDuring(window, async until => await bareRounds(ports, interval, mode.keepAlive, until))).percent
   return {
     peers: ports.length,
@@ -202,7 +244,12 @@ async function measure (ports: number[], interval: number, mode: typeof MODES[nu
     proxyChecking: median(checking.map(round => round.p99)),
     ratios: checking.map((round, i) => round.p99 / idle[i].p99),
     loopIdle: median(idle.map(round => round.loop)),
-    loopChecking: median(checking.map(round => round.loop))
+    loopChecking: median(checking.map(round => round.loop)),
+    openRate,
+    openIdle: tail(openIdle),
+    openChecking: tail(openChecking),
+    openRatios: openChecking.map((round, i) => round.p99 / openIdle[i].p99),
+    openLost: [...openIdle, ...openChecking].reduce((lost, r) => lost + r.failed + r.dropped + r.unfinished, 0)
   }
 }
 
@@ -226,6 +273,19 @@ function print (all: Figures[], limited: boolean): void {
       `${f.loopIdle.toFixed(2)} / ${f.loopChecking.toFixed(2)}`.padStart(34),
       `${f.proxyIdle.toFixed(2)} / ${f.proxyChecking.toFixed(2)}`.padStart(29),
       `  ${ratio.toFixed(2)} (${f.ratios.map(r => r.toFixed(2)).join(', ')})`
+    ].join(' '))
+  }
+  console.log(`\nThe same proxy at a fixed rate (open loop, ${OPEN_SHARE * 100}% of the capacity measured idle above, ${OPEN_LOOP.seconds} s rounds, alternated checking / idle)`)
+  console.log('peers @ interval  mode        rate req/s  p99 idle / checking ms  max idle / checking ms  lost  p99 checking / idle (median, rounds)')
+  for (const f of all) {
+    console.log([
+      `${String(f.peers).padStart(5)} @ ${String(f.interval).padStart(4)} ms`.padEnd(17),
+      f.mode.padEnd(10),
+      f.openRate.toFixed(0).padStart(11),
+      `${ms(f.openIdle.p99)} / ${ms(f.openChecking.p99)}`.padStart(23),
+      `${ms(f.openIdle.max)} / ${ms(f.openChecking.max)}`.padStart(23),
+      String(f.openLost).padStart(5),
+      `  ${median(f.openRatios).toFixed(2)} (${f.openRatios.map(r => r.toFixed(2)).join(', ')})`
     ].join(' '))
   }
   console.log('targets: 1000 @ 1000 ms: < 10% of a core, < 50 MB, proxy p99 checking / idle <= 1.10. ' +

@@ -24,6 +24,9 @@ export function percentile (sorted: ArrayLike<number>, q: number): number {
   return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
 }
 
+/** A latency in ms for a table: ∞ for one never answered. */
+export const ms = (n: number): string => !Number.isFinite(n) ? '∞' : n < 10 ? n.toFixed(2) : n.toFixed(1)
+
 export function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
   return sorted[Math.floor(sorted.length / 2)]

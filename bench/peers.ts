@@ -7,7 +7,7 @@ import { request } from 'undici'
 import { which } from '../lib/dev/supervisord-daemon.js'
 import { startBackendProcess } from './backends-process.js'
 import { Children, cpuSeconds, pinProcess } from './children.js'
-import { median, runLoad } from './load.js'
+import { median, ms, runLoad } from './load.js'
 import { findNative, startHaproxy, startNginxBackend, startNginxProxy, type Native } from './native.js'
 import { startNodeProxy, type NodeProxyKind } from './node-proxy.js'
 import { OPEN_LOOP_SCRIPT, openLoopBound, type OpenLoopJob, type OpenLoopResult } from './open-loop.js'
@@ -153,7 +153,6 @@ export interface Running { id: SystemId, label: string, url: string, pid: number
 const ratioOf = (values: number[]): Ratio => ({ median: median(values), min: Math.min(...values), max: Math.max(...values) })
 
 const thousands = (n: number): string => Math.round(n).toLocaleString('en-US')
-const ms = (n: number): string => !Number.isFinite(n) ? '∞' : n < 10 ? n.toFixed(2) : n.toFixed(1)
 const us = (n: number | null): string => n === null ? '—' : n.toFixed(0)
 const times = (r: Ratio | null | undefined): string => r == null ? '—' : `${r.median.toFixed(2)} (${r.min.toFixed(2)}–${r.max.toFixed(2)})`
 
