@@ -12,13 +12,23 @@ import proxy from '../plugins/proxy.js'
 import { startBackendProcess } from './backends-process.js'
 import { median, ms, runLoad } from './load.js'
 import { Children } from './children.js'
+import { envNumber } from './side-by-side.js'
 import { OPEN_LOOP_SCRIPT, openLoopBound, type OpenLoopJob, type OpenLoopResult } from './open-loop.js'
 
 /** The figures asked for: 1000 peers every second (the targets), and 5000 every 5 s. */
 const SCENARIOS = [{ peers: 1000, interval: 1000 }, { peers: 5000, interval: 5000 }]
 /** Connection: close (the default, as HAProxy) and keepAlive. */
 const MODES = [{ name: 'close', keepAlive: false }, { name: 'keepAlive', keepAlive: true }]
-const PROXY_ROUNDS = 3
+
+/** The entries of `all` whose `key` a comma-separated list in env `name` names (all when unset). */
+function chosen<T> (name: string, all: T[], key: (entry: T) => string): T[] {
+  const text = process.env[name]
+  if (text === undefined || text === '') return all
+  const wanted = text.split(',').map(word => word.trim())
+  const unknown = wanted.filter(word => !all.some(entry => key(entry) === word))
+  if (unknown.length > 0) throw new Error(`${name} must list some of ${all.map(key).join(', ')}; got "${unknown.join(', ')}"`)
+  return all.filter(entry => wanted.includes(key(entry)))
+}
 const LOAD = { connections: 8, warmupMs: 500, ms: 3000, maxRequests: 1_000_000 }
 /**
  * The open-loop rounds: requests at a fixed share of the capacity the
@@ -199,7 +209,8 @@ async function measure (ports: number[], interval: number, mode: typeof MODES[nu
   // The proxy's p99 checking and idle, alternated (checking, idle, checking...) so drift hits both alike.
   const idle: Array<{ p99: number, loop: number, rps: number }> = []
   const checking: Array<{ p99: number, loop: number, rps: number }> = []
-  for (let round = 0; round < PROXY_ROUNDS; round++) {
+  const rounds = envNumber('BENCH_ROUNDS', 3)
+  for (let round = 0; round < rounds; round++) {
     if (round > 0) {
       app = await checker(ports, interval, mode.keepAlive)
       await sleep(warmup)
@@ -214,7 +225,7 @@ async function measure (ports: number[], interval: number, mode: typeof MODES[nu
   const openChecking: OpenLoopResult[] = []
   const children = new Children()
   try {
-    for (let round = 0; round < PROXY_ROUNDS; round++) {
+    for (let round = 0; round < rounds; round++) {
       app = await checker(ports, interval, mode.keepAlive)
       await sleep(warmup)
       openChecking.push(await openRound(children, proxyUrl, openRate))
@@ -301,7 +312,9 @@ function print (all: Figures[], limited: boolean): void {
  * without the checks running beside it.
  */
 export async function run (): Promise<void> {
-  const most = Math.max(...SCENARIOS.map(s => s.peers))
+  const scenarios = chosen('BENCH_CHECK_PEERS', SCENARIOS, s => String(s.peers))
+  const modes = chosen('BENCH_CHECK_MODES', MODES, m => m.name)
+  const most = Math.max(...scenarios.map(s => s.peers))
   const affordable = Math.floor((fileLimit() - 200) / 2)
   const { ports, child } = await startBackendProcess(Math.min(most, affordable))
   // The proxied backends live apart from the checked ones, so a busier
@@ -309,8 +322,8 @@ export async function run (): Promise<void> {
   const served = await startBackendProcess(2)
   const all: Figures[] = []
   try {
-    for (const scenario of SCENARIOS) {
-      for (const mode of MODES) all.push(await inGatewayProcess({ ports: ports.slice(0, scenario.peers), served: served.ports, interval: scenario.interval, mode }))
+    for (const scenario of scenarios) {
+      for (const mode of modes) all.push(await inGatewayProcess({ ports: ports.slice(0, scenario.peers), served: served.ports, interval: scenario.interval, mode }))
     }
   } finally {
     served.child.disconnect()
