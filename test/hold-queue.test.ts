@@ -71,6 +71,10 @@ t.test('the held gauge goes up per request and down per release and drop; max is
   t.ok(waited >= 55 && waited < 5000, `the wait recorded is the first request's, held longest (${waited} ms)`)
   t.ok(upstream.hold.lastReleaseAt !== null)
   t.same(listeners(), { change: 0, command: 0 }, 'nothing held: no listener left')
+  const alone = aRequest()
+  queue.wait(alone).catch(() => {})
+  queue.drop(alone)
+  t.same(listeners(), { change: 0, command: 0 }, 'the only held client gone: no listener left')
 })
 
 t.test('each deadline is one timer, not a poll; timeouts are counted and leave the gauge', async t => {

@@ -93,6 +93,17 @@ t.test('a chunked body that outgrows keep: what was read first goes out first, t
   t.equal(body.kept, false, 'streamed to its end, still not kept: the first read\'s listeners were gone')
 })
 
+t.test('a peer that reads slowly holds the client back: the attempt buffers a high-water mark, not the body', async t => {
+  const source = new PassThrough()
+  const body = await RequestBody.read(source, KEEP, 4_000_000)
+  const attempt = body.forAttempt() as Readable
+  attempt.once('data', () => attempt.pause())
+  for (let i = 0; i < 64; i++) source.write(Buffer.alloc(64 * 1024, 'x'))
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.ok(attempt.readableLength <= 256 * 1024, `${attempt.readableLength} bytes buffered for the peer of the 4 MiB written`)
+  attempt.destroy()
+})
+
 t.test('an attempt without a progress listener streams all the same', async t => {
   const source = new PassThrough()
   const body = await RequestBody.read(source, KEEP, 100)
