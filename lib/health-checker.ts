@@ -53,8 +53,6 @@ class PeerChecker implements ScheduledTask, SharedResultTaker {
   #downAt = 0
   /** `at` of the last shared check recorded. */
   #sharedAt = 0
-  /** performance.now() ms the check in flight (or the last) was due: the next is due an interval after it. */
-  #cadence = 0
 
   constructor (peer: Peer, upstream: Upstream, settings: HealthSettings, history: number, log: FastifyBaseLogger, schedule: CheckSchedule, share?: PeerShare) {
     this.#peer = peer
@@ -115,7 +113,6 @@ class PeerChecker implements ScheduledTask, SharedResultTaker {
     // Another gateway checks it: look again an interval on (the lease may come here).
     if (this.#share?.here === false) return this.#schedule.at(this, now + this.#settings.interval)
     this.#checking = true
-    this.#cadence = this.due
     this.#schedule.at(this, now + this.#settings.timeout)
     this.#prober.check(this.#done)
   }
@@ -140,20 +137,7 @@ class PeerChecker implements ScheduledTask, SharedResultTaker {
     if (!this.#started || this.#checking || this.slot !== -1 || !this.#peer.running) return
     const again = this.#again
     this.#again = false
-    const now = performance.now()
-    this.#schedule.at(this, again ? now : this.#nextDue(now))
-  }
-
-  /**
-   * An interval after the last check was due, not after it ended: checks
-   * that end together (their answers read in one turn) would otherwise be
-   * due together from then on, and the first round's spread would be lost
-   * in a few rounds. A check that overran its slot (a timeout longer than
-   * the interval) is followed an interval after it ended, never at once.
-   */
-  #nextDue (now: number): number {
-    const next = this.#cadence + this.#settings.interval + Math.random() * this.#settings.jitter
-    return next > now ? next : now + this.#settings.interval
+    this.#schedule.at(this, performance.now() + (again ? 0 : this.#settings.interval + Math.random() * this.#settings.jitter))
   }
 
   #record (result: CheckResult): void {

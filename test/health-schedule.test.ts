@@ -124,31 +124,7 @@ t.test('the first round is spread over the interval, not sent in one burst', asy
   t.ok(inOneTenth <= 50, `${inOneTenth} of 100 in its first 100 ms`)
 })
 
-t.test('the spread holds round after round, when answers come back together (each check is due an interval after the last was due)', async t => {
-  const PEERS = 50
-  const arrivals: number[] = []
-  // Every answer waits for the next 100 ms mark: checks end in bunches, ten a bunch.
-  const b = await backendFor(t, (_req, res) => {
-    arrivals.push(performance.now())
-    setTimeout(() => res.end('ok'), 100 - (performance.now() % 100))
-  })
-  const app = Fastify({ logger: false })
-  await app.register(registry, { upstreams: { api: { servers: Array.from({ length: PEERS }, () => b.address), healthCheck: { interval: 1000, timeout: 500 } } } })
-  await app.register(health)
-  t.teardown(async () => await app.close())
-  await app.ready()
-  t.ok(await until(() => arrivals.length >= 3 * PEERS, 10_000), 'three rounds')
-  const third = arrivals.slice(2 * PEERS, 3 * PEERS).sort((a, b) => a - b)
-  // At most how many of the third round arrived within 5 ms of each other (10 ms apart in the first).
-  let bunch = 0
-  for (let i = 0, j = 0; i < third.length; i++) {
-    while (third[i] - third[j] > 5) j++
-    bunch = Math.max(bunch, i - j + 1)
-  }
-  t.ok(bunch <= 3, `at most ${bunch} checks of the third round within 5 ms (ended in bunches of ten)`)
-})
-
-t.test('a check that overran its interval (it timed out) is followed an interval after it ended, not at once', async t => {
+t.test('a check that overran its interval (it timed out) is followed an interval after it ended, never at once', async t => {
   const starts: number[] = []
   const server = await tcpServer(t, socket => { starts.push(performance.now()); socket.resume() })
   const app = Fastify({ logger: false })
