@@ -149,8 +149,6 @@ const BREAKS_REPLY: Record<string, string> = {
   timeout: 'use the proxy\'s headersTimeout and bodyTimeout'
 }
 
-/** RFC 9110 §5.6.2: what a field name is made of. */
-
 function refuse (options: object, reasons: Record<string, string>, where: string, section?: string): void {
   for (const key of Object.keys(options)) {
     const reason = reasons[key]

@@ -91,6 +91,8 @@ class Session implements Abandonable {
   readonly exchange: Exchange<BalancedProxy>
   readonly #proxy: WebSocketProxy
   readonly #dest: string
+  /** The subprotocols the client offered (each an HTTP token), passed on for the peer to choose. */
+  readonly #protocols: string[]
   target: WebSocket | null = null
   source: WebSocket | null = null
   peer: Peer | null = null
@@ -101,10 +103,11 @@ class Session implements Abandonable {
   #ended = false
   #peerError: Error | null = null
 
-  constructor (proxy: WebSocketProxy, exchange: Exchange<BalancedProxy>, dest: string) {
+  constructor (proxy: WebSocketProxy, exchange: Exchange<BalancedProxy>, dest: string, protocols: string[]) {
     this.#proxy = proxy
     this.exchange = exchange
     this.#dest = dest
+    this.#protocols = protocols
   }
 
   /**
@@ -146,8 +149,7 @@ class Session implements Abandonable {
     const request = exchange.request
     if (exchange.startedAt === 0) exchange.startedAt = Date.now()
     const url = `${peer.origin.replace(/^http/, 'ws')}${this.#dest}${proxy.queryOf(request)}`
-    // Checked in handle(): a protocol that is not a token never reaches here.
-    const target = new WebSocket(url, proxy.protocolsOf(request) ?? [], {
+    const target = new WebSocket(url, this.#protocols, {
       maxPayload: MAX_PAYLOAD,
       ...proxy.clientOptions,
       ...(peer.scheme === 'https' ? wsTlsOptions(peer.host, exchange.site.upstream.tls) : {}),
@@ -357,11 +359,12 @@ export class WebSocketProxy {
     const { request, reply } = exchange
     const key = request.headers['sec-websocket-key']
     const version = request.headers['sec-websocket-version']
-    if (request.method !== 'GET' || typeof key !== 'string' || !KEY.test(key) || (version !== '13' && version !== '8') || this.protocolsOf(request) === null) {
+    const protocols = this.protocolsOf(request)
+    if (request.method !== 'GET' || typeof key !== 'string' || !KEY.test(key) || (version !== '13' && version !== '8') || protocols === null) {
       reply.send(new BadRequestError(exchange.site.upstream.name, 'not a valid WebSocket handshake'))
       return
     }
-    const session = new Session(this, exchange, dest)
+    const session = new Session(this, exchange, dest, protocols)
     exchange.attempt = session
     exchange.site.acquire(exchange, error => {
       if (error !== undefined) {
@@ -461,7 +464,6 @@ export class WebSocketProxy {
     return search
   }
 
-  /** The subprotocols the client offered, passed on for the peer to choose. */
   /** The client's subprotocols, each an HTTP token (RFC 6455 §4.1), or null when one is not: the client's bad handshake, refused before a peer is taken. */
   protocolsOf (request: FastifyRequest): string[] | null {
     const header = request.headers['sec-websocket-protocol']
