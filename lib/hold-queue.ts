@@ -105,7 +105,8 @@ export class HoldQueue {
 
   readonly #onCommand = (event: CommandEvent): void => {
     if (event.upstream !== this.#upstream.name || event.command !== 'start') return
-    if (!event.ok) this.#lastFailure = event.reason ?? event.fault ?? 'start failed'
+    // A command that says nothing of why keeps the reason already known (its back-off's).
+    if (!event.ok) this.#lastFailure = event.reason ?? event.fault ?? this.#lastFailure
     this.#settle()
   }
 
