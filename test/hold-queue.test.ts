@@ -2,6 +2,7 @@ import t, { type Test } from 'tap'
 import Fastify, { type FastifyRequest } from 'fastify'
 import { Registry } from '../lib/registry.js'
 import type { UpstreamOptions } from '../lib/upstream.js'
+import type { Peer } from '../lib/peer.js'
 import { HoldQueue, sendHoldFailure } from '../lib/hold-queue.js'
 import { HoldTimeoutError, NoPeerError, StartFailedError } from '../lib/errors.js'
 import { sleep } from './helpers/wait.js'
@@ -46,6 +47,16 @@ function setUp (t: Test, servers: UpstreamOptions['servers'] = [{ address: '127.
     demands: () => demands,
     listeners: () => ({ change: registry.listenerCount('change') - change, command: registry.listenerCount('command') - command })
   }
+}
+
+/** One request held for the only peer, which is starting and has just backed off with `reason`. */
+function heldThroughBackoff (t: Test, reason: string): Setup & { held: Promise<Peer>, peer: Peer } {
+  const setup = setUp(t)
+  const held = setup.queue.wait(aRequest())
+  const peer = setup.upstream.peers[0]
+  peer.setProcess('starting')
+  peer.setBackoff({ step: 1, until: Date.now() + 60_000, reason, cause: 'program' })
+  return { ...setup, held, peer }
 }
 
 t.test('the held gauge goes up per request and down per release and drop; max is the most at once; the wait recorded is the longest-held\'s', async t => {
@@ -96,7 +107,8 @@ t.test('each deadline is one timer, not a poll; timeouts are counted and leave t
     globalThis.setTimeout = realSetTimeout
   }
   t.ok(results.every(error => error instanceof HoldTimeoutError), 'both timed out')
-  t.equal(timers, 2, 'one timer for the first deadline, one for the second')
+  // Two deadlines, a timer each; one more when a timer fires a millisecond before Date.now() reaches its deadline. A poll would be dozens.
+  t.ok(timers >= 2 && timers <= 4, `${timers} timers for two deadlines`)
   t.equal(upstream.hold.timeouts, 2)
   t.equal(upstream.hold.current, 0)
   t.same(listeners(), { change: 0, command: 0 })
@@ -120,22 +132,14 @@ t.test('another upstream\'s changes and commands, and stop commands, leave the q
 
 t.test('the failure named is the back-off\'s reason, set before the process went down, or what the command said', async t => {
   await t.test('the back-off\'s reason, not the process\'s', async t => {
-    const { queue, upstream } = setUp(t)
-    const held = queue.wait(aRequest())
-    const peer = upstream.peers[0]
-    peer.setProcess('starting')
-    peer.setBackoff({ step: 1, until: Date.now() + 60_000, reason: 'SPAWN_ERROR: b0', cause: 'program' })
+    const { peer, held } = heldThroughBackoff(t, 'SPAWN_ERROR: b0')
     peer.setProcess('down', 'exited too quickly')
     const error = await held.catch(error => error)
     t.ok(error instanceof StartFailedError)
     t.equal(error.message, 'Could not start a peer of upstream "u": SPAWN_ERROR: b0')
   })
   await t.test('the command\'s fault when it gives no reason; a start that went well changes nothing', async t => {
-    const { registry, queue, upstream } = setUp(t)
-    const held = queue.wait(aRequest())
-    const peer = upstream.peers[0]
-    peer.setProcess('starting')
-    peer.setBackoff({ step: 1, until: Date.now() + 60_000, reason: 'from the back-off', cause: 'program' })
+    const { registry, peer, held } = heldThroughBackoff(t, 'from the back-off')
     registry.emit('command', { upstream: 'u', index: 0, command: 'start', ok: false, fault: 'SPAWN_ERROR', at: Date.now() })
     registry.emit('command', { upstream: 'u', index: 0, command: 'start', ok: true, reason: 'a start that worked elsewhere', at: Date.now() })
     peer.setProcess('down', 'exited')
@@ -143,11 +147,7 @@ t.test('the failure named is the back-off\'s reason, set before the process went
     t.equal(error.message, 'Could not start a peer of upstream "u": SPAWN_ERROR')
   })
   await t.test('a failed command that says nothing of why keeps the reason already known', async t => {
-    const { registry, queue, upstream } = setUp(t)
-    const held = queue.wait(aRequest())
-    const peer = upstream.peers[0]
-    peer.setProcess('starting')
-    peer.setBackoff({ step: 1, until: Date.now() + 60_000, reason: 'SPAWN_ERROR: b0', cause: 'program' })
+    const { registry, peer, held } = heldThroughBackoff(t, 'SPAWN_ERROR: b0')
     registry.emit('command', { upstream: 'u', index: 0, command: 'start', ok: false, at: Date.now() })
     peer.setProcess('down')
     t.equal((await held.catch(error => error)).message, 'Could not start a peer of upstream "u": SPAWN_ERROR: b0')
