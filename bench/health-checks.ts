@@ -12,23 +12,13 @@ import proxy from '../plugins/proxy.js'
 import { startBackendProcess } from './backends-process.js'
 import { median, ms, runLoad } from './load.js'
 import { Children } from './children.js'
-import { envNumber } from './side-by-side.js'
+import { envList, envNumber } from './side-by-side.js'
 import { OPEN_LOOP_SCRIPT, openLoopBound, type OpenLoopJob, type OpenLoopResult } from './open-loop.js'
 
 /** The figures asked for: 1000 peers every second (the targets), and 5000 every 5 s. */
 const SCENARIOS = [{ peers: 1000, interval: 1000 }, { peers: 5000, interval: 5000 }]
 /** Connection: close (the default, as HAProxy) and keepAlive. */
 const MODES = [{ name: 'close', keepAlive: false }, { name: 'keepAlive', keepAlive: true }]
-
-/** The entries of `all` whose `key` a comma-separated list in env `name` names (all when unset). */
-function chosen<T> (name: string, all: T[], key: (entry: T) => string): T[] {
-  const text = process.env[name]
-  if (text === undefined || text === '') return all
-  const wanted = text.split(',').map(word => word.trim())
-  const unknown = wanted.filter(word => !all.some(entry => key(entry) === word))
-  if (unknown.length > 0) throw new Error(`${name} must list some of ${all.map(key).join(', ')}; got "${unknown.join(', ')}"`)
-  return all.filter(entry => wanted.includes(key(entry)))
-}
 const LOAD = { connections: 8, warmupMs: 500, ms: 3000, maxRequests: 1_000_000 }
 /**
  * The open-loop rounds: requests at a fixed share of the capacity the
@@ -312,8 +302,8 @@ function print (all: Figures[], limited: boolean): void {
  * without the checks running beside it.
  */
 export async function run (): Promise<void> {
-  const scenarios = chosen('BENCH_CHECK_PEERS', SCENARIOS, s => String(s.peers))
-  const modes = chosen('BENCH_CHECK_MODES', MODES, m => m.name)
+  const scenarios = envList('BENCH_CHECK_PEERS', SCENARIOS, s => String(s.peers))
+  const modes = envList('BENCH_CHECK_MODES', MODES, m => m.name)
   const most = Math.max(...scenarios.map(s => s.peers))
   const affordable = Math.floor((fileLimit() - 200) / 2)
   const { ports, child } = await startBackendProcess(Math.min(most, affordable))

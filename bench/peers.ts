@@ -7,6 +7,7 @@ import { request } from 'undici'
 import { which } from '../lib/dev/supervisord-daemon.js'
 import { startBackendProcess } from './backends-process.js'
 import { Children, cpuSeconds, pinProcess } from './children.js'
+import { envList } from './side-by-side.js'
 import { median, ms, runLoad } from './load.js'
 import { findNative, startHaproxy, startNginxBackend, startNginxProxy, type Native } from './native.js'
 import { startNodeProxy, type NodeProxyKind } from './node-proxy.js'
@@ -129,9 +130,7 @@ export function optionsFromEnv (env: NodeJS.ProcessEnv = process.env, print: (li
   if (connections.length === 0 || !connections.every(n => Number.isInteger(n) && n >= 1 && n <= 10_000)) {
     throw new Error(`BENCH_CONNECTIONS must be a comma-separated list of connection counts (1 to 10000), got "${env.BENCH_CONNECTIONS}"`)
   }
-  const systems = env.BENCH_SYSTEMS === undefined || env.BENCH_SYSTEMS === '' ? SYSTEM_IDS : env.BENCH_SYSTEMS.split(',') as SystemId[]
-  const unknown = systems.filter(id => !SYSTEM_IDS.includes(id))
-  if (unknown.length > 0) throw new Error(`BENCH_SYSTEMS: unknown ${unknown.join(', ')}; known: ${SYSTEM_IDS.join(', ')}`)
+  const systems = envList('BENCH_SYSTEMS', SYSTEM_IDS, id => id, env)
   return {
     rounds: envNumber(env, 'BENCH_ROUNDS', 3, n => Number.isInteger(n) && n >= 1 && n <= 100, 'a whole number of rounds from 1 to 100'),
     seconds,

@@ -17,6 +17,16 @@ export function envNumber (name: string, fallback: number): number {
   return value
 }
 
+/** The entries of `all` the comma-separated list in env `name` names, in its order (all of them when unset). */
+export function envList<T> (name: string, all: readonly T[], key: (entry: T) => string, env: NodeJS.ProcessEnv = process.env): T[] {
+  const text = env[name]
+  if (text === undefined || text === '') return [...all]
+  const words = text.split(',').map(word => word.trim())
+  const unknown = words.filter(word => !all.some(entry => key(entry) === word))
+  if (unknown.length > 0) throw new Error(`${name}: unknown ${unknown.join(', ')}; known: ${all.map(key).join(', ')}`)
+  return words.map(word => all.find(entry => key(entry) === word) as T)
+}
+
 /** Rounds of `measure` over every system in turn (A B A B ...), with each system's own CPU per unit of work. */
 export async function alternate (systems: System[], rounds: number, measure: (system: System) => Promise<Measured>): Promise<Round[]> {
   const results: Round[] = []
