@@ -121,8 +121,8 @@ export class ProxyDispatcher implements AttemptOwner {
     const { exchange, peer } = attempt
     const fault = faultOf(error, { sent: attempt.sent, answered: attempt.answered, clientBodyFailed: exchange.body?.failed != null, peerLeaving: leaving(peer) })
     this.forget(attempt)
-    if (fault.party === 'peer') this.#charge(peer, fault)
-    else if (fault.party === 'client') this.#log.write('info', `client ${fault.kind}`, { upstream: this.#upstream.name, reason: fault.reason }, 'proxy: the client\'s request failed')
+    this.#charge(peer, fault)
+    if (fault.party === 'client') this.#log.write('info', `client ${fault.kind}`, { upstream: this.#upstream.name, reason: fault.reason }, 'proxy: the client\'s request failed')
     if (attempt.answered) {
       // The headers went to reply-from: the client's connection is cut (or
       // answered 502 if nothing was written to it yet).
