@@ -1,0 +1,108 @@
+import net from 'node:net'
+import t from 'tap'
+import { backendFor, type BackendHandler } from './helpers/backends.js'
+import { gateway, listening, loggerInto, onDemandGateway } from './helpers/gateway.js'
+import { sleep, until } from './helpers/wait.js'
+
+// One upstream's balancing, between reply-from and the dispatcher: the body
+// it is given, the peer a request keeps, and how a request that gets no peer
+// is answered and logged.
+
+type Line = Record<string, unknown> & { level: number, msg: string }
+
+const answeredLines = (lines: Line[]): Line[] => lines.filter(line => line.msg.startsWith('proxy: answered'))
+
+/** Answers the body it got, as `method body`. */
+const echo: BackendHandler = (req, res) => {
+  const parts: Buffer[] = []
+  req.on('data', (part: Buffer) => parts.push(part))
+  req.on('end', () => res.end(`${req.method ?? ''} ${Buffer.concat(parts).toString()}`))
+}
+
+t.test('a body Fastify parsed (proxyPayloads: false) goes on as reply-from serialized it, and whole again to the next peer', async t => {
+  const cutting = await backendFor(t, req => { req.socket.destroy() }, 0)
+  const echoing = await backendFor(t, echo, 1)
+  const app = await gateway({ b: { servers: [cutting.address, echoing.address] } }, { proxyPayloads: false })
+  t.teardown(() => app.close())
+  const res = await app.inject({ method: 'PUT', url: '/', payload: { hello: 'world' } })
+  t.equal(res.body, 'PUT {"hello":"world"}')
+  t.equal(cutting.hits, 1, 'the first peer got it and failed')
+})
+
+t.test('reply.from() called twice for one request goes to the peer it already has and leaves no in-flight slot taken', async t => {
+  const backends = [await backendFor(t, undefined, 0), await backendFor(t, undefined, 1)]
+  const app = await gateway({ b: { servers: backends.map(b => b.address) } }, {
+    handler (_request, reply, destination, options) {
+      reply.from(destination, options)
+      return reply.from(destination, options)
+    }
+  })
+  t.teardown(() => app.close())
+  t.equal((await app.inject('/')).statusCode, 200)
+  const peers = app.upstreams.get('b').peers
+  t.ok(await until(() => backends[0].hits === 2), 'both sends went to peer 0')
+  t.equal(backends[1].hits, 0)
+  t.same(peers.map(peer => peer.inflight), [0, 0], 'every slot given back')
+})
+
+t.test('no routable peer on an upstream that starts none: 503 with Retry-After, through the error handler, which logs it', async t => {
+  const lines: Line[] = []
+  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { retryAfter: 7 }, { logger: loggerInto(lines) })
+  t.teardown(() => app.close())
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 503)
+  t.equal(res.headers['retry-after'], '7')
+  t.same(res.json(), { statusCode: 503, code: 'FST_SUPERVISORD_NO_PEER', error: 'Service Unavailable', message: 'No routable peer in upstream "b"' })
+  t.match(answeredLines(lines), [{ level: 40, code: 'FST_SUPERVISORD_NO_PEER' }])
+})
+
+t.test('a hold that ends without a peer: answered by the hold\'s rule, and not logged per request (the starter logs the start)', async t => {
+  const lines: Line[] = []
+  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, { holdTimeout: 100, retryAfter: 3 }, { logger: loggerInto(lines) })
+  t.teardown(() => app.close())
+  app.upstreams.get('b').startOnDemand()
+  // Listening: the hold's timer is unref()ed, the server keeps the process alive.
+  await listening(app)
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 503)
+  t.equal(res.headers['retry-after'], '3')
+  t.same(res.json(), { statusCode: 503, code: 'FST_SUPERVISORD_HOLD_TIMEOUT', error: 'Service Unavailable', message: 'No peer of upstream "b" could take the request within 100 ms' })
+  t.same(answeredLines(lines), [])
+})
+
+t.test('a client that leaves while its body is read gets nothing sent, counted or logged, and no peer is taken', async t => {
+  const backend = await backendFor(t, echo, 0)
+  const lines: Line[] = []
+  const app = await gateway({ b: { servers: [backend.address] } }, {}, { logger: loggerInto(lines) })
+  t.teardown(() => app.close())
+  const port = Number(new URL(await listening(app)).port)
+  const client = net.connect(port, '127.0.0.1')
+  client.on('error', () => {})
+  client.write('POST / HTTP/1.1\r\nHost: gateway\r\nContent-Length: 10\r\n\r\nhello')
+  await sleep(100)
+  client.destroy()
+  const open = async (): Promise<number> => await new Promise(resolve => app.server.getConnections((_error, count) => resolve(count)))
+  t.ok(await until(async () => await open() === 0), 'the gateway saw the connection close')
+  await sleep(50)
+  t.equal(backend.hits, 0)
+  t.same(answeredLines(lines), [])
+  const upstream = app.upstreams.get('b')
+  t.same(upstream.answers.filter(count => count > 0), [], 'no answer counted')
+  t.equal(upstream.peers[0].inflight, 0)
+})
+
+t.test('a held client that leaves is dropped from the queue: nothing is sent to the peer started for it later', async t => {
+  const backend = await backendFor(t, echo, 0)
+  const { upstream, base } = await onDemandGateway(t, [{ address: backend.address, down: true }])
+  const port = Number(new URL(base).port)
+  const client = net.connect(port, '127.0.0.1')
+  client.on('error', () => {})
+  client.write('GET / HTTP/1.1\r\nHost: gateway\r\n\r\n')
+  t.ok(await until(() => upstream.hold.current === 1), 'held')
+  client.destroy()
+  t.ok(await until(() => upstream.hold.current === 0), 'dropped')
+  upstream.peers[0].setProcess('up')
+  await sleep(100)
+  t.equal(backend.hits, 0)
+  t.same(upstream.answers.filter(count => count > 0), [])
+})
