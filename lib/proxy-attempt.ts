@@ -253,9 +253,8 @@ export class Attempt implements Dispatcher.DispatchHandler, Abandonable {
 
   onResponseError (_controller: Dispatcher.DispatchController, error: Error): void {
     this.#stop()
-    // A timer of ours already failed it: undici's error is the abort that followed.
-    if (this.#ended) return
     this.#ended = true
+    // Given up by the proxy (one of its timers failed it, the client left, the peer was taken out): undici's error is the abort that followed.
     if (this.abandoned !== null) {
       this.response?.destroy()
       return

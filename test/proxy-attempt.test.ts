@@ -1,4 +1,5 @@
 import net from 'node:net'
+import { Readable } from 'node:stream'
 import t from 'tap'
 import { request } from 'undici'
 import { MAX_INTERIM_RESPONSES } from '../lib/proxy-attempt.js'
@@ -77,6 +78,7 @@ t.test('each timer fails the attempt as a timeout of its phase, named with its t
   t.teardown(() => headers.close())
   t.equal((await headers.inject('/')).statusCode, 504)
   t.match(failures(), [{ level: 40, kind: 'timeout', reason: 'UND_ERR_HEADERS_TIMEOUT: no response headers within 300 ms' }], 'headers')
+  t.equal(headers.upstreams.get('h').peers[0].fails, 1, 'charged once: undici\'s abort that follows the timer is not a second failure')
 
   lines.length = 0
   const stalling = await backendFor(t, (_req, res) => { res.writeHead(200, { 'content-length': '10' }); res.write('12345') })
@@ -96,4 +98,99 @@ t.test('each timer fails the attempt as a timeout of its phase, named with its t
   t.equal((await connect.inject('/')).statusCode, 504)
   t.match(failures(), [{ kind: 'timeout', reason: 'UND_ERR_CONNECT_TIMEOUT: no connection to the peer within 200 ms' }], 'connect')
   t.equal((await first).statusCode, 200)
+})
+
+t.test('a body streamed slowly to the peer restarts headersTimeout with each chunk the peer takes', async t => {
+  const backend = await backendFor(t, (req, res) => {
+    let size = 0
+    req.on('data', (part: Buffer) => { size += part.length })
+    req.on('end', () => res.end(String(size)))
+  })
+  // A body longer than retryBodySize is streamed: 8 chunks 100 ms apart, 800 ms in all, against a 300 ms headersTimeout.
+  const app = await gateway({ b: { servers: [backend.address] } }, { headersTimeout: 300, retryBodySize: 16 })
+  t.teardown(() => app.close())
+  const chunks = Array.from({ length: 8 }, () => 'x'.repeat(1024))
+  const body = Readable.from((async function * () {
+    for (const chunk of chunks) {
+      yield chunk
+      await sleep(100)
+    }
+  })())
+  const res = await request(await listening(app), { method: 'POST', body, headers: { 'content-length': String(8 * 1024) } })
+  t.equal(res.statusCode, 200)
+  t.equal(await res.body.text(), String(8 * 1024), 'the whole body reached the peer, and its answer came back')
+})
+
+t.test('a response streamed in chunks closer than bodyTimeout passes, however long it lasts in all', async t => {
+  const backend = await backendFor(t, (_req, res) => {
+    res.writeHead(200, { 'content-length': '8' })
+    let sent = 0
+    const timer = setInterval(() => {
+      res.write('x')
+      if (++sent === 8) {
+        clearInterval(timer)
+        res.end()
+      }
+    }, 100)
+    res.once('close', () => clearInterval(timer))
+  })
+  const app = await gateway({ b: { servers: [backend.address] } }, { bodyTimeout: 300 })
+  t.teardown(() => app.close())
+  const res = await request(await listening(app))
+  t.equal(await res.body.text(), 'xxxxxxxx', '8 chunks over 800 ms with a 300 ms bodyTimeout')
+})
+
+t.test('after a slow client let the body flow again, a peer that stalls is cut after bodyTimeout', async t => {
+  const chunk = Buffer.alloc(256 * 1024, 'y')
+  const backend = await backendFor(t, (_req, res) => {
+    res.writeHead(200, { 'content-length': String(chunk.length * 128) })
+    // 16 MiB, more than the sockets buffer, then nothing: the peer stalls.
+    let sent = 0
+    const more = (): void => {
+      while (sent < 64) {
+        sent++
+        if (!res.write(chunk)) {
+          res.once('drain', more)
+          return
+        }
+      }
+    }
+    more()
+  })
+  const app = await gateway({ b: { servers: [backend.address] } }, { bodyTimeout: 300 })
+  t.teardown(() => app.close())
+  const res = await request(await listening(app))
+  let received = 0
+  let paused = false
+  const started = Date.now()
+  const outcome = await (async () => {
+    for await (const part of res.body) {
+      received += (part as Buffer).length
+      if (!paused) {
+        paused = true
+        await sleep(600)
+      }
+    }
+    return 'whole'
+  })().catch(() => 'cut')
+  t.equal(outcome, 'cut', 'the stalled body is cut')
+  t.equal(received, chunk.length * 64, 'after all the peer sent')
+  t.ok(Date.now() - started < 5000, `within bodyTimeout of the stall, not never (${Date.now() - started} ms)`)
+})
+
+t.test('a request whose client left while it waited for a connection is not sent when one frees', async t => {
+  const busy = await backendFor(t, (_req, res) => { setTimeout(() => res.end('done'), 400) })
+  const app = await gateway({ b: { servers: [busy.address] } }, { connections: 1 })
+  t.teardown(() => app.close())
+  const base = await listening(app)
+  const first = request(base)
+  t.ok(await until(() => busy.hits === 1))
+  const leaving = new AbortController()
+  const second = request(base, { signal: leaving.signal }).catch(() => 'aborted')
+  await sleep(100)
+  leaving.abort()
+  t.equal(await second, 'aborted')
+  t.equal(await (await first).body.text(), 'done')
+  await sleep(200)
+  t.equal(busy.hits, 1, 'the peer got the first request only')
 })
