@@ -155,3 +155,28 @@ t.test('a request undici refuses to send is the client\'s: logged at info, not c
   t.match(lines.filter(line => line.msg === 'proxy: the client\'s request failed'), [{ level: INFO, upstream: 'b', reason: /UND_ERR_INVALID_ARG/ }])
   t.same(lines.filter(line => line.msg === 'proxy: peer failed'), [])
 })
+
+t.test('nextUpstreamTimeout counts from the first try: a second try starts within it, a third would not', async t => {
+  const slow = await Promise.all([0, 1, 2].map(async id => await backendFor(t, after(1000), id)))
+  // Each try times out at 300 ms: the second starts at 300 (within 500), the third would start at 600.
+  const app = await gateway({ b: { servers: slow.map(b => b.address) } }, { headersTimeout: 300, nextUpstreamTimeout: 500, nextUpstreamTries: 3 })
+  t.teardown(() => app.close())
+  t.equal((await app.inject('/')).statusCode, 504)
+  t.same(slow.map(b => b.hits), [1, 1, 0], 'two peers tried')
+})
+
+t.test('a status nextUpstream lists, from a peer being stopped, is not charged to it; from a running peer it is', async t => {
+  for (const stopping of [true, false]) {
+    const failing = await backendFor(t, (_req, res) => { setTimeout(() => { res.statusCode = 502; res.end('bad') }, 200) }, 0)
+    const good = await backendFor(t, after(0), 1)
+    const app = await gateway({ b: { servers: [failing.address, good.address] } }, { nextUpstream: ['error', 'timeout', 'http_502'] })
+    t.teardown(() => app.close())
+    const peer = app.upstreams.get('b').peers[0]
+    const pending = app.inject('/')
+    t.ok(await until(() => failing.hits === 1))
+    if (stopping) peer.setProcess('stopping')
+    const res = await pending
+    t.equal(res.body, '1', 'the next peer answered')
+    t.equal(peer.fails, stopping ? 0 : 1, stopping ? 'stopping: not charged' : 'running: charged')
+  }
+})
