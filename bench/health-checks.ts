@@ -63,7 +63,7 @@ async function cpuDuring (ms: number, work: (until: number) => Promise<void>): P
  * request (connect, request, read to close), or one kept connection per port.
  * What the machine charges for the socket work itself: the floor.
  */
-async function bareRounds (ports: number[], interval: number, keepAlive: boolean, until: number): Promise<void> {
+async function bareRounds (ports: number[], interval: number, keepAlive: boolean, stop: AbortSignal): Promise<void> {
   const request = Buffer.from(`GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n${keepAlive ? '' : 'Connection: close\r\n'}\r\n`)
   const open = async (port: number): Promise<net.Socket> => await new Promise(resolve => {
     const socket = net.connect(port, '127.0.0.1', () => resolve(socket))
@@ -78,15 +78,33 @@ async function bareRounds (ports: number[], interval: number, keepAlive: boolean
   }
   // Spread over the interval in slices every 10 ms: batched, so fewer wake-ups than the checker's one check at a time.
   const perSlice = Math.ceil(ports.length / Math.max(1, Math.floor(interval / 10)))
-  while (Date.now() < until) {
+  while (!stop.aborted) {
     const round = Date.now()
-    for (let i = 0; i < ports.length && Date.now() < until; i += perSlice) {
+    for (let i = 0; i < ports.length && !stop.aborted; i += perSlice) {
       for (let j = i; j < Math.min(ports.length, i + perSlice); j++) send(j)
       await sleep(10)
     }
-    await sleep(Math.max(0, Math.min(until, round + interval) - Date.now()))
+    if (!stop.aborted) await sleep(Math.max(0, round + interval - Date.now()))
   }
   for (const socket of kept) socket.destroy()
+}
+
+/**
+ * `work` while bare sockets send the checks' traffic (no checker), after
+ * `warmup` as for the checker: what that traffic alone costs the proxy on
+ * this machine (the checked backends' work, the sockets), the floor for the
+ * checker's figures.
+ */
+async function besideBare<T> (ports: number[], interval: number, keepAlive: boolean, warmup: number, work: () => Promise<T>): Promise<T> {
+  const stop = new AbortController()
+  const bare = bareRounds(ports, interval, keepAlive, stop.signal)
+  try {
+    await sleep(warmup)
+    return await work()
+  } finally {
+    stop.abort()
+    await bare
+  }
 }
 
 async function checker (ports: number[], interval: number, keepAlive: boolean): Promise<FastifyInstance> {
@@ -116,8 +134,12 @@ interface Figures {
   heapAfter: number
   proxyIdle: number
   proxyChecking: number
+  /** The proxy's p99 while bare sockets send the checks' traffic (see besideBare). */
+  proxyBare: number
   /** Per round: proxy p99 checking / idle. */
   ratios: number[]
+  /** Per round: proxy p99 beside bare sockets / idle. */
+  bareRatios: number[]
   /** p99 of this process's event-loop delay under the proxy's load, ms (medians of the rounds). */
   loopIdle: number
   loopChecking: number
@@ -125,8 +147,10 @@ interface Figures {
   openRate: number
   openIdle: { p99: number, max: number }
   openChecking: { p99: number, max: number }
-  /** Per open-loop round: p99 checking / idle. */
+  openBare: { p99: number, max: number }
+  /** Per open-loop round: p99 checking / idle, and beside bare sockets / idle. */
   openRatios: number[]
+  openBareRatios: number[]
   /** Requests the open-loop rounds lost (failed, dropped, unanswered), all rounds. */
   openLost: number
 }
@@ -196,9 +220,10 @@ async function measure (ports: number[], interval: number, mode: typeof MODES[nu
   const results = app.upstreams.get('bench').peers.flatMap(peer => peer.checks.filter(check => check.at >= checked.from && check.at < checked.to))
   const latencies = results.map(check => check.latencyMs).sort((a, b) => a - b)
 
-  // The proxy's p99 checking and idle, alternated (checking, idle, checking...) so drift hits both alike.
+  // The proxy's p99 checking, idle and beside bare sockets, alternated (checking, idle, bare, checking...) so drift hits all alike.
   const idle: Array<{ p99: number, loop: number, rps: number }> = []
   const checking: Array<{ p99: number, loop: number, rps: number }> = []
+  const bare: Array<{ p99: number, loop: number, rps: number }> = []
   const rounds = envNumber('BENCH_ROUNDS', 3)
   for (let round = 0; round < rounds; round++) {
     if (round > 0) {
@@ -208,11 +233,13 @@ async function measure (ports: number[], interval: number, mode: typeof MODES[nu
     checking.push(await proxyRound(proxyUrl))
     await app.close()
     idle.push(await proxyRound(proxyUrl))
+    bare.push(await besideBare(ports, interval, mode.keepAlive, warmup, async () => await proxyRound(proxyUrl)))
   }
   // The same alternation at a fixed rate, below the capacity measured idle.
   const openRate = Math.round(OPEN_SHARE * median(idle.map(round => round.rps)))
   const openIdle: OpenLoopResult[] = []
   const openChecking: OpenLoopResult[] = []
+  const openBare: OpenLoopResult[] = []
   const children = new Children()
   try {
     for (let round = 0; round < rounds; round++) {
@@ -221,12 +248,13 @@ async function measure (ports: number[], interval: number, mode: typeof MODES[nu
       openChecking.push(await openRound(children, proxyUrl, openRate))
       await app.close()
       openIdle.push(await openRound(children, proxyUrl, openRate))
+      openBare.push(await besideBare(ports, interval, mode.keepAlive, warmup, async () => await openRound(children, proxyUrl, openRate)))
     }
   } finally {
     await children.stopAll()
   }
   const tail = (rounds: OpenLoopResult[]): { p99: number, max: number } => ({ p99: median(rounds.map(r => r.p99)), max: median(rounds.map(r => r.max)) })
-  const floor = (await cpuDuring(window, async until => await bareRounds(ports, interval, mode.keepAlive, until))).percent
+  const floor = (await cpuDuring(window, async until => await bareRounds(ports, interval, mode.keepAlive, AbortSignal.timeout(until - Date.now())))).percent
   return {
     peers: ports.length,
     interval,
@@ -243,14 +271,18 @@ async function measure (ports: number[], interval: number, mode: typeof MODES[nu
     heapAfter: after.heapUsed - before.heapUsed,
     proxyIdle: median(idle.map(round => round.p99)),
     proxyChecking: median(checking.map(round => round.p99)),
+    proxyBare: median(bare.map(round => round.p99)),
     ratios: checking.map((round, i) => round.p99 / idle[i].p99),
+    bareRatios: bare.map((round, i) => round.p99 / idle[i].p99),
     loopIdle: median(idle.map(round => round.loop)),
     loopChecking: median(checking.map(round => round.loop)),
     openRate,
     openIdle: tail(openIdle),
     openChecking: tail(openChecking),
+    openBare: tail(openBare),
     openRatios: openChecking.map((round, i) => round.p99 / openIdle[i].p99),
-    openLost: [...openIdle, ...openChecking].reduce((lost, r) => lost + r.failed + r.dropped + r.unfinished, 0)
+    openBareRatios: openBare.map((round, i) => round.p99 / openIdle[i].p99),
+    openLost: [...openIdle, ...openChecking, ...openBare].reduce((lost, r) => lost + r.failed + r.dropped + r.unfinished, 0)
   }
 }
 
@@ -259,7 +291,7 @@ function print (all: Figures[], limited: boolean): void {
   console.log(`\nHealth checks, http, backends in a process of their own; ${os.cpus().length} cores, load average ${load1.toFixed(1)} / ${load5.toFixed(1)} (1 / 5 min) at the end` +
     (limited ? `; peers limited by the open-file limit (${fileLimit()})` : ''))
   console.log('peers @ interval  mode       checks/s  failed  check p50 / p99 ms  CPU % of a core  CPU µs/check  RSS idle + added peak / after GC  ' +
-    'loop delay p99 idle / checking ms  proxy p99 idle / checking ms  checking / idle (median, rounds)')
+    'loop delay p99 idle / checking ms  proxy p99 idle / checking / bare ms  checking / idle (median, rounds)  bare / idle (median, rounds)')
   for (const f of all) {
     const ratio = median(f.ratios)
     console.log([
@@ -272,25 +304,28 @@ function print (all: Figures[], limited: boolean): void {
       (f.cpu / 100 * 1e6 / f.checksPerSecond).toFixed(0).padStart(13),
       `${mb(f.rssBase)} + ${mb(f.rssPeak)} / ${mb(f.rssAfter)} MB`.padStart(33),
       `${f.loopIdle.toFixed(2)} / ${f.loopChecking.toFixed(2)}`.padStart(34),
-      `${f.proxyIdle.toFixed(2)} / ${f.proxyChecking.toFixed(2)}`.padStart(29),
-      `  ${ratio.toFixed(2)} (${f.ratios.map(r => r.toFixed(2)).join(', ')})`
+      `${f.proxyIdle.toFixed(2)} / ${f.proxyChecking.toFixed(2)} / ${f.proxyBare.toFixed(2)}`.padStart(36),
+      `  ${ratio.toFixed(2)} (${f.ratios.map(r => r.toFixed(2)).join(', ')})`.padEnd(34),
+      `${median(f.bareRatios).toFixed(2)} (${f.bareRatios.map(r => r.toFixed(2)).join(', ')})`
     ].join(' '))
   }
   console.log(`\nThe same proxy at a fixed rate (open loop, ${OPEN_SHARE * 100}% of the capacity measured idle above, ${OPEN_LOOP.seconds} s rounds, alternated checking / idle)`)
-  console.log('peers @ interval  mode        rate req/s  p99 idle / checking ms  max idle / checking ms  lost  p99 checking / idle (median, rounds)')
+  console.log('peers @ interval  mode        rate req/s  p99 idle / checking / bare ms  max idle / checking / bare ms  lost  p99 checking / idle (median, rounds)  bare / idle (median, rounds)')
   for (const f of all) {
     console.log([
       `${String(f.peers).padStart(5)} @ ${String(f.interval).padStart(4)} ms`.padEnd(17),
       f.mode.padEnd(10),
       f.openRate.toFixed(0).padStart(11),
-      `${ms(f.openIdle.p99)} / ${ms(f.openChecking.p99)}`.padStart(23),
-      `${ms(f.openIdle.max)} / ${ms(f.openChecking.max)}`.padStart(23),
+      `${ms(f.openIdle.p99)} / ${ms(f.openChecking.p99)} / ${ms(f.openBare.p99)}`.padStart(30),
+      `${ms(f.openIdle.max)} / ${ms(f.openChecking.max)} / ${ms(f.openBare.max)}`.padStart(30),
       String(f.openLost).padStart(5),
-      `  ${median(f.openRatios).toFixed(2)} (${f.openRatios.map(r => r.toFixed(2)).join(', ')})`
+      `  ${median(f.openRatios).toFixed(2)} (${f.openRatios.map(r => r.toFixed(2)).join(', ')})`.padEnd(39),
+      `${median(f.openBareRatios).toFixed(2)} (${f.openBareRatios.map(r => r.toFixed(2)).join(', ')})`
     ].join(' '))
   }
   console.log('targets: 1000 @ 1000 ms: < 10% of a core, < 50 MB, proxy p99 checking / idle <= 1.10. ' +
-    '"bare": the same requests from bare sockets without the checker, a connection each or kept (the floor on this machine). ' +
+    '"bare": the same requests from bare sockets without the checker, a connection each or kept (the floor on this machine: ' +
+    'its CPU, and the proxy\'s p99 beside it). ' +
     'Each row is a gateway process of its own (proxy + checker); CPU and RSS are that process\'s.')
 }
 
