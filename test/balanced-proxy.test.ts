@@ -79,10 +79,11 @@ t.test('a client that leaves while its body is read gets nothing sent, counted o
   const client = net.connect(port, '127.0.0.1')
   client.on('error', () => {})
   client.write('POST / HTTP/1.1\r\nHost: gateway\r\nContent-Length: 10\r\n\r\nhello')
-  await sleep(100)
+  t.ok(await until(() => lines.some(line => line.msg === 'fetching from remote server')), 'reply-from took the request: its body is being read')
   client.destroy()
   const open = async (): Promise<number> => await new Promise(resolve => app.server.getConnections((_error, count) => resolve(count)))
   t.ok(await until(async () => await open() === 0), 'the gateway saw the connection close')
+  // Nothing is to happen now: a short wait for what would.
   await sleep(50)
   t.equal(backend.hits, 0)
   t.same(answeredLines(lines), [])
@@ -102,6 +103,7 @@ t.test('a held client that leaves is dropped from the queue: nothing is sent to 
   client.destroy()
   t.ok(await until(() => upstream.hold.current === 0), 'dropped')
   upstream.peers[0].setProcess('up')
+  // Nothing is to reach the peer: a short wait for what would.
   await sleep(100)
   t.equal(backend.hits, 0)
   t.same(upstream.answers.filter(count => count > 0), [])

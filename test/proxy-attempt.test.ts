@@ -187,10 +187,12 @@ t.test('a request whose client left while it waited for a connection is not sent
   t.ok(await until(() => busy.hits === 1))
   const leaving = new AbortController()
   const second = request(base, { signal: leaving.signal }).catch(() => 'aborted')
+  // Long enough for the gateway to take the request and wait for the busy connection.
   await sleep(100)
   leaving.abort()
   t.equal(await second, 'aborted')
   t.equal(await (await first).body.text(), 'done')
+  // The connection is free now: a short wait for a request that is not to come.
   await sleep(200)
   t.equal(busy.hits, 1, 'the peer got the first request only')
 })
