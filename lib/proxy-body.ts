@@ -6,6 +6,9 @@ export function hasBody (headers: IncomingHttpHeaders): boolean {
   return headers['transfer-encoding'] !== undefined || (headers['content-length'] !== undefined && headers['content-length'] !== '0')
 }
 
+/** The source of a body that is whole from the start: never read. */
+const NO_SOURCE = Readable.from([])
+
 /**
  * A client's request body on its way to one peer or more. A body of up to
  * `keep` bytes is read in full before the request is sent (as nginx reads a
@@ -23,7 +26,6 @@ export class RequestBody {
   #touched = false
   /** The attempt stream the client's bytes flow into now. */
   #current: Readable | null = null
-  #ended = false
   /** Reading the client's body failed (it went away, or sent a broken body): the client's fault. */
   failed: Error | null = null
 
@@ -33,8 +35,7 @@ export class RequestBody {
 
   /** A body that is already whole in memory (Fastify parsed it, and reply-from serialized it again). */
   static whole (bytes: Buffer): RequestBody {
-    const body = new RequestBody(Readable.from([]))
-    body.#ended = true
+    const body = new RequestBody(NO_SOURCE)
     body.#whole = bytes
     return body
   }
@@ -42,8 +43,9 @@ export class RequestBody {
   /** Reads up to `keep` bytes of `source` (nothing when the declared length is already larger). */
   static async read (source: Readable, keep: number, declaredLength: number): Promise<RequestBody> {
     const body = new RequestBody(source)
-    finished(source, { writable: false }, error => {
-      if (error !== undefined && error !== null && !body.#ended) body.#fail(error)
+    // Called back once: at the end, without an error (a reset after it is not the body's), or on the error or premature close that came first.
+    finished(source, error => {
+      if (error !== undefined && error !== null) body.#fail(error)
     })
     if (declaredLength <= keep || Number.isNaN(declaredLength)) await body.#readPrefix(keep)
     return body
@@ -54,9 +56,9 @@ export class RequestBody {
     return this.#whole !== null
   }
 
-  /** No attempt has consumed the client's bytes beyond the prefix: it can still be sent whole. */
+  /** No attempt has consumed the client's bytes beyond the prefix: it can still be sent whole (a kept body is never consumed: each attempt gets its bytes). */
   get intact (): boolean {
-    return this.#whole !== null || !this.#touched
+    return !this.#touched
   }
 
   /**
@@ -105,7 +107,6 @@ export class RequestBody {
         }
       }
       const onEnd = (): void => {
-        this.#ended = true
         this.#whole = this.#prefix.length === 1 ? this.#prefix[0] : Buffer.concat(this.#prefix)
         stop()
         resolve()
@@ -140,7 +141,6 @@ export class RequestBody {
   }
 
   readonly #onEnd = (): void => {
-    this.#ended = true
     this.#current?.push(null)
   }
 
