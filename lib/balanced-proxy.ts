@@ -65,8 +65,9 @@ export class BalancedProxy {
     exchange.callback = callback
     const { request } = exchange
     const given = forwarded.body
-    if ((typeof given === 'string' && given !== '') || (Buffer.isBuffer(given) && given.length > 0)) {
-      // Parsed by Fastify (proxyPayloads: false, preValidation) and serialized again by reply-from.
+    if (typeof given === 'string' || Buffer.isBuffer(given)) {
+      // Parsed by Fastify (proxyPayloads: false, preValidation) and serialized again by reply-from, or given to
+      // reply.from(): the body, even an empty one (the client's stream was read by the parser: nothing is left in it).
       exchange.body = RequestBody.whole(Buffer.from(given))
     } else if (hasBody(request.headers)) {
       const source = given instanceof Stream ? given as Readable : request.raw

@@ -2,6 +2,7 @@ import net from 'node:net'
 import t from 'tap'
 import { backendFor, type BackendHandler } from './helpers/backends.js'
 import { gateway, listening, loggerInto, onDemandGateway } from './helpers/gateway.js'
+import { lastBody, rawExchange } from './helpers/raw-http.js'
 import { sleep, until } from './helpers/wait.js'
 
 // One upstream's balancing, between reply-from and the dispatcher: the body
@@ -27,6 +28,31 @@ t.test('a body Fastify parsed (proxyPayloads: false) goes on as reply-from seria
   const res = await app.inject({ method: 'PUT', url: '/', payload: { hello: 'world' } })
   t.equal(res.body, 'PUT {"hello":"world"}')
   t.equal(cutting.hits, 1, 'the first peer got it and failed')
+})
+
+t.test('an empty body Fastify parsed (proxyPayloads: false), sent chunked, goes on empty: the client\'s stream is not read again', async t => {
+  const echoing = await backendFor(t, echo, 0)
+  const app = await gateway({ b: { servers: [echoing.address] } }, { proxyPayloads: false })
+  t.teardown(() => app.close())
+  const answer = await rawExchange(Number(new URL(await listening(app)).port),
+    ['POST / HTTP/1.1\r\nHost: gateway\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n'])
+  t.same(answer.statuses, [200], 'answered by the peer (it was a 400: "the client closed the connection before its body ended")')
+  t.equal(lastBody(answer), 'POST ')
+})
+
+t.test('a body the handler gives reply.from() with its content type (a Buffer, a string) is what the peer gets, and an empty one sends none', async t => {
+  const echoing = await backendFor(t, echo, 0)
+  for (const [given, sent] of [[Buffer.from('from a buffer'), 'from a buffer'], ['from a string', 'from a string'], [Buffer.alloc(0), ''], ['', '']] as const) {
+    const app = await gateway({ b: { servers: [echoing.address] } }, {
+      handler (_request, reply, destination, options) {
+        // Without a contentType reply-from sends the body as JSON.
+        return reply.from(destination, { ...options, body: given, contentType: 'text/plain' } as never)
+      }
+    })
+    t.teardown(() => app.close())
+    const res = await app.inject({ method: 'POST', url: '/' })
+    t.equal(res.body, `POST ${sent}`, `${Buffer.isBuffer(given) ? 'a Buffer' : 'a string'} of ${given.length} bytes`)
+  }
 })
 
 t.test('reply.from() called twice for one request goes to the peer it already has and leaves no in-flight slot taken', async t => {
