@@ -65,19 +65,21 @@ export class BalancedProxy {
     exchange.callback = callback
     const { request } = exchange
     const given = forwarded.body
-    if (typeof given === 'string' || Buffer.isBuffer(given)) {
-      // Parsed by Fastify (proxyPayloads: false, preValidation) and serialized again by reply-from, or given to
-      // reply.from(): the body, even an empty one (the client's stream was read by the parser: nothing is left in it).
+    if ((typeof given === 'string' && given !== '') || (Buffer.isBuffer(given) && given.length > 0)) {
+      // Parsed by Fastify (proxyPayloads: false, preValidation) and serialized again by reply-from, or given to reply.from().
       exchange.body = RequestBody.whole(Buffer.from(given))
     } else if (hasBody(request.headers)) {
       const source = given instanceof Stream ? given as Readable : request.raw
-      RequestBody.read(source, this.settings.retryBodySize, Number(request.headers['content-length'])).then(body => {
-        exchange.body = body
-        this.#send(exchange)
-      }, (error: Error) => {
-        this.refuse(exchange, exchange.clientGone ? new ClientGoneError() : new BadRequestError(this.upstream.name, `the body could not be read (${error.message})`))
-      })
-      return
+      // Unless Fastify parsed it to nothing (an empty chunked body, proxyPayloads: false): read already, nothing is left to send.
+      if (!source.readableEnded) {
+        RequestBody.read(source, this.settings.retryBodySize, Number(request.headers['content-length'])).then(body => {
+          exchange.body = body
+          this.#send(exchange)
+        }, (error: Error) => {
+          this.refuse(exchange, exchange.clientGone ? new ClientGoneError() : new BadRequestError(this.upstream.name, `the body could not be read (${error.message})`))
+        })
+        return
+      }
     }
     this.#send(exchange)
   }
