@@ -49,9 +49,9 @@ export class ProxyDispatcher implements AttemptOwner {
   /** Per peer index: attempts sent and not answered yet. */
   readonly #waiting: Array<Set<Attempt>>
   /** Holds an exchange that no peer is left for, while a peer is started (see failed()). */
-  readonly #hold: ((exchange: Exchange) => void) | undefined
+  readonly #hold: (exchange: Exchange) => void
 
-  constructor (upstream: Upstream, registry: Registry, agent: Dispatcher, settings: ProxySettings, log: FailureLog, hold?: (exchange: Exchange) => void) {
+  constructor (upstream: Upstream, registry: Registry, agent: Dispatcher, settings: ProxySettings, log: FailureLog, hold: (exchange: Exchange) => void) {
     this.#hold = hold
     this.#agent = agent
     this.#upstream = upstream
@@ -136,7 +136,7 @@ export class ProxyDispatcher implements AttemptOwner {
     }
     exchange.release()
     if (this.#mayHold(exchange, fault, attempt.sent)) {
-      (this.#hold as (exchange: Exchange) => void)(exchange)
+      this.#hold(exchange)
       return
     }
     // reply-from's continuation is dropped: it would log every failure with
@@ -161,14 +161,14 @@ export class ProxyDispatcher implements AttemptOwner {
   }
 
   /**
-   * The last routable peer could not be reached (nothing was sent) and the
-   * upstream starts peers on demand: the request is held while one is
-   * started, as a new request finding no routable peer would be, rather than
-   * answered 502 (the first request after the last backend died).
+   * The last routable peer could not be reached (nothing was sent: the
+   * peer's fault is then a refused or timed-out connection) and the upstream
+   * starts peers on demand: the request is held while one is started, as a
+   * new request finding no routable peer would be, rather than answered 502
+   * (the first request after the last backend died).
    */
   #mayHold (exchange: Exchange, fault: Fault, sent: boolean): boolean {
-    return this.#hold !== undefined && !sent && fault.party === 'peer' && (fault.kind === 'connect' || fault.kind === 'timeout') &&
-      this.#upstream.startsOnDemand && !this.#upstream.routable && this.#retryable(exchange, fault, sent)
+    return !sent && fault.party === 'peer' && this.#upstream.startsOnDemand && !this.#upstream.routable && this.#retryable(exchange, fault, sent)
   }
 
   /** The exchange leaves `from` (its slot given back, the peer counted as tried) for `next`, acquired. */
@@ -198,10 +198,8 @@ export class ProxyDispatcher implements AttemptOwner {
 
   readonly #onChange = (change: PeerChange): void => {
     if (change.upstream !== this.#upstream.name || !takesOut(change)) return
-    const waiting = this.#waiting[change.index]
-    if (waiting === undefined || waiting.size === 0) return
     const fault: Fault = { party: 'nobody', kind: 'rescue', reason: `${change.field} ${change.to}` }
-    for (const attempt of [...waiting]) this.#rescue(attempt, fault)
+    for (const attempt of [...this.#waiting[change.index]]) this.#rescue(attempt, fault)
   }
 
   /** A waiting attempt on a peer taken out: sent to another peer at once, if it may be sent again. */

@@ -1,6 +1,6 @@
 import net from 'node:net'
 import t from 'tap'
-import { backendFor, type BackendHandler } from './helpers/backends.js'
+import { backendFor, freePort, type BackendHandler } from './helpers/backends.js'
 import { gateway, listening, loggerInto, onDemandGateway } from './helpers/gateway.js'
 import { lastBody, rawExchange } from './helpers/raw-http.js'
 import { sleep, until } from './helpers/wait.js'
@@ -133,4 +133,43 @@ t.test('a held client that leaves is dropped from the queue: nothing is sent to 
   await sleep(100)
   t.equal(backend.hits, 0)
   t.same(upstream.answers.filter(count => count > 0), [])
+})
+
+t.test('the last routable peer refuses the connection on an upstream that starts peers on demand: held again, and answered when the hold ends', async t => {
+  const port = await freePort()
+  const { app, upstream, demands } = await onDemandGateway(t, [`127.0.0.1:${port}`], { holdTimeout: 300 })
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 503, 'answered when the hold timed out (nothing was started), not left waiting')
+  t.equal(res.json().code, 'FST_SUPERVISORD_HOLD_TIMEOUT')
+  t.ok(demands() >= 1, 'a start was asked for')
+  t.equal(upstream.peers[0].passive, 'failed', 'the refusal took the peer out: it is to be started again')
+})
+
+t.test('the last routable peer drops a request it was sent, on an upstream that starts peers on demand: 502 at once, not held (it may have been processed)', async t => {
+  const dropping = await backendFor(t, req => { req.socket.destroy() }, 0)
+  const { app, demands } = await onDemandGateway(t, [dropping.address], { holdTimeout: 2000 })
+  const started = Date.now()
+  const res = await app.inject('/')
+  t.equal(res.statusCode, 502)
+  t.ok(Date.now() - started < 1000, 'at once, not after holdTimeout')
+  t.equal(dropping.hits, 1)
+  t.equal(demands(), 0, 'no start asked for it')
+})
+
+t.test('a hold ended by the last peer taken out (maint): 503 by the hold\'s rule, not logged per request', async t => {
+  const lines: Line[] = []
+  const app = await gateway({ b: { servers: [{ address: '127.0.0.1:1', down: true }] } }, {}, { logger: loggerInto(lines) })
+  t.teardown(() => app.close())
+  await listening(app)
+  const upstream = app.upstreams.get('b')
+  upstream.startOnDemand()
+  const pending = app.inject('/')
+  t.ok(await until(() => upstream.hold.current === 1), 'held')
+  upstream.peers[0].setProcess('starting')
+  app.upstreams.setAdmin('b', 0, 'maint', 'operator')
+  const res = await pending
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_SUPERVISORD_NO_PEER')
+  t.equal(res.headers['retry-after'], '5')
+  t.same(answeredLines(lines), [])
 })

@@ -18,13 +18,15 @@ t.test(`up to ${MAX_INTERIM_RESPONSES} interim responses before the answer pass;
     const server = await tcpServer(t, socket => {
       socket.once('data', () => socket.end('HTTP/1.1 102 Processing\r\n\r\n'.repeat(count) + 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok'))
     })
-    const app = await gateway({ b: { servers: [`127.0.0.1:${server.port}`] } })
+    const lines: Line[] = []
+    const app = await gateway({ b: { servers: [`127.0.0.1:${server.port}`] } }, {}, { logger: loggerInto(lines) })
     t.teardown(() => app.close())
     t.equal((await app.inject('/')).statusCode, status, `${count} interim responses: ${status}`)
+    if (status === 502) t.match(lines.filter(line => line.msg === 'proxy: peer failed'), [{ kind: 'response', reason: `FST_SUPERVISORD_MALFORMED_RESPONSE: more than ${MAX_INTERIM_RESPONSES} interim responses` }])
   }
 })
 
-t.test('599 is an answer, passed on', async t => {
+t.test('599 is an answer, passed on; 600 is a malformed response', async t => {
   const server = await tcpServer(t, socket => {
     socket.once('data', () => socket.end('HTTP/1.1 599 Network Timeout\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno'))
   })
@@ -33,6 +35,15 @@ t.test('599 is an answer, passed on', async t => {
   const res = await app.inject('/')
   t.equal(res.statusCode, 599)
   t.equal(res.body, 'no')
+
+  const bad = await tcpServer(t, socket => {
+    socket.once('data', () => socket.end('HTTP/1.1 600 Beyond\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno'))
+  })
+  const lines: Line[] = []
+  const beyond = await gateway({ b: { servers: [`127.0.0.1:${bad.port}`] } }, {}, { logger: loggerInto(lines) })
+  t.teardown(() => beyond.close())
+  t.equal((await beyond.inject('/')).statusCode, 502)
+  t.match(lines.filter(line => line.msg === 'proxy: peer failed'), [{ kind: 'response', reason: /status 600$/ }])
 })
 
 t.test('a client that reads nothing holds the peer back, and the body timer waits for it; it then gets the whole answer', async t => {

@@ -98,6 +98,7 @@ t.test('what a peer being stopped drops is not charged to it; the same failure o
     const charged = process === null ? 1 : 0
     t.equal(peer.fails, charged, `process ${process ?? 'up'}: ${charged} failure charged`)
     t.equal(lines.filter(line => line.msg === 'proxy: peer failed').length, charged, `process ${process ?? 'up'}: ${charged} "peer failed" line`)
+    t.same(lines.filter(line => line.msg === 'proxy: the client\'s request failed'), [], 'nor the client\'s')
   }
 })
 
@@ -178,5 +179,29 @@ t.test('a status nextUpstream lists, from a peer being stopped, is not charged t
     const res = await pending
     t.equal(res.body, '1', 'the next peer answered')
     t.equal(peer.fails, stopping ? 0 : 1, stopping ? 'stopping: not charged' : 'running: charged')
+  }
+})
+
+t.test('a streamed body a peer took is not sent again: the request fails with that peer; a kept one goes on to the next', async t => {
+  // Reads the whole body, then drops the connection.
+  const taking = await backendFor(t, (req) => {
+    req.resume()
+    req.on('end', () => req.socket.destroy())
+  }, 0)
+  const other = await backendFor(t, (req, res) => { req.resume(); req.on('end', () => res.end('1')) }, 1)
+  for (const [size, answer] of [[64, '1'], [4096, null]] as const) {
+    taking.hits = 0
+    other.hits = 0
+    const app = await gateway({ b: { servers: [taking.address, other.address] } }, { retryBodySize: 1024 })
+    t.teardown(() => app.close())
+    // Not text/plain, which Fastify parses whole (as plain @fastify/http-proxy does) whatever its size.
+    const res = await app.inject({ method: 'PUT', url: '/', payload: 'x'.repeat(size), headers: { 'content-type': 'application/octet-stream' } })
+    if (answer === null) {
+      t.equal(res.statusCode, 502, `${size} bytes, streamed and taken: 502`)
+      t.equal(other.hits, 0, 'not sent to the next peer')
+    } else {
+      t.equal(res.body, answer, `${size} bytes, kept: the next peer answered`)
+    }
+    t.equal(taking.hits, 1)
   }
 })
