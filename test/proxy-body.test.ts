@@ -117,7 +117,8 @@ t.test('a client that leaves or breaks its body before the send: the read fails,
   const closing = RequestBody.read(closed, KEEP, NaN)
   closed.write('abc')
   closed.destroy()
-  await t.rejects(closing, { message: /Premature close|the client closed the connection before its body ended/ })
+  // finished() sees the premature close before the read's own close listener: its error is the one kept.
+  await t.rejects(closing, { message: 'Premature close' })
 
   const broken = new PassThrough()
   const breaking = RequestBody.read(broken, KEEP, NaN)
