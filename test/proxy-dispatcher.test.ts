@@ -205,3 +205,14 @@ t.test('a streamed body a peer took is not sent again: the request fails with th
     t.equal(taking.hits, 1)
   }
 })
+
+t.test('a POST answered with a status nextUpstream lists was sent: it goes to no other peer (without non_idempotent)', async t => {
+  const failing = await backendFor(t, (req, res) => { req.resume(); res.statusCode = 502; res.end('bad') }, 0)
+  const good = await backendFor(t, after(0), 1)
+  const app = await gateway({ b: { servers: [{ address: failing.address, maxFails: 0 }, good.address] } }, { nextUpstream: ['error', 'timeout', 'http_502'] })
+  t.teardown(() => app.close())
+  const res = await app.inject({ method: 'POST', url: '/', payload: 'x', headers: { 'content-type': 'application/octet-stream' } })
+  t.equal(res.statusCode, 502, 'the peer\'s own answer')
+  t.equal(res.body, 'bad')
+  t.equal(good.hits, 0)
+})
