@@ -4,7 +4,7 @@ import Fastify from 'fastify'
 import { request } from 'undici'
 import registry from '../plugins/registry.js'
 import proxy from '../plugins/proxy.js'
-import { backendFor, backendsFor, whoAmI, type BackendHandler } from './helpers/backends.js'
+import { backendFor, backendsFor, whoAmI, writeChunks, type BackendHandler } from './helpers/backends.js'
 import { gateway, listening, loggerInto, onDemandGateway } from './helpers/gateway.js'
 import { until } from './helpers/wait.js'
 
@@ -303,18 +303,7 @@ t.test('a slow reader does not trip bodyTimeout: the timer waits while the clien
   const chunks = 64
   const big = await backendFor(t, (_req, res) => {
     res.writeHead(200, { 'content-length': String(chunk.length * chunks) })
-    let sent = 0
-    const more = (): void => {
-      while (sent < chunks) {
-        sent++
-        if (!res.write(chunk)) {
-          res.once('drain', more)
-          return
-        }
-      }
-      res.end()
-    }
-    more()
+    writeChunks(res, chunk, chunks)
   })
   const app = await gateway({ b: { servers: [big.address] } }, { bodyTimeout: 200 })
   t.teardown(() => app.close())

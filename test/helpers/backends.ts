@@ -84,6 +84,27 @@ export async function backendsFor (t: Test, count: number, handler?: BackendHand
   return backends
 }
 
+/**
+ * Writes `count` copies of `chunk` to `res` as fast as the client takes them
+ * (waiting for 'drain'), then ends it, unless `end` is false: the peer then
+ * stalls. `written` is told of each chunk handed to the socket.
+ */
+export function writeChunks (res: http.ServerResponse, chunk: Buffer, count: number, options: { end?: boolean, written?: () => void } = {}): void {
+  let sent = 0
+  const more = (): void => {
+    while (sent < count) {
+      sent++
+      options.written?.()
+      if (!res.write(chunk)) {
+        res.once('drain', more)
+        return
+      }
+    }
+    if (options.end !== false) res.end()
+  }
+  more()
+}
+
 export interface TcpServer {
   port: number
   /** Connections accepted so far. */
