@@ -309,7 +309,7 @@ function print (all: Figures[], limited: boolean): void {
       `${median(f.bareRatios).toFixed(2)} (${f.bareRatios.map(r => r.toFixed(2)).join(', ')})`
     ].join(' '))
   }
-  console.log(`\nThe same proxy at a fixed rate (open loop, ${OPEN_SHARE * 100}% of the capacity measured idle above, ${OPEN_LOOP.seconds} s rounds, alternated checking / idle)`)
+  console.log(`\nThe same proxy at a fixed rate (open loop, ${OPEN_SHARE * 100}% of the capacity measured idle above, ${OPEN_LOOP.seconds} s rounds, alternated checking / idle / bare)`)
   console.log('peers @ interval  mode        rate req/s  p99 idle / checking / bare ms  max idle / checking / bare ms  lost  p99 checking / idle (median, rounds)  bare / idle (median, rounds)')
   for (const f of all) {
     console.log([
